@@ -1,0 +1,131 @@
+"""qwen-vl-describe: one description from the shell, without a ROS graph.
+
+    qwen-vl-describe --model-dir DIR --image a.jpg [--image b.jpg ...] [--prompt TEXT] [--json]
+
+Several images are one video (in the order given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import cv2
+
+from ..vlm import GenerationOptions, Pipeline, VLMError
+from ..vlm.runtime import BACKENDS
+from ..vlm.vision import RESIZE_MODES
+
+DEFAULT_PROMPT = 'Describe this image.'
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads a model."""
+    p.add_argument('--model-dir', required=True, help='axmodel or exported ONNX model directory')
+    p.add_argument('--tokenizer-dir', help='tokenizer directory (released layout)')
+    p.add_argument('--backend', choices=BACKENDS, default='auto')
+    p.add_argument('--provider', action='append', dest='providers',
+                   help='onnxruntime execution provider (repeatable)')
+    p.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads')
+    p.add_argument('--system-prompt', default='', help="system prompt ('' = the template's)")
+    p.add_argument('--resize', choices=RESIZE_MODES, default='stretch')
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Sampling options; unset ones come from the model's generation_config.json."""
+    p.add_argument('--prompt', default=DEFAULT_PROMPT)
+    p.add_argument('--max-new-tokens', type=int, default=128)
+    p.add_argument('--greedy', action='store_true', help='argmax decoding, no sampling')
+    p.add_argument('--temperature', type=float)
+    p.add_argument('--top-k', type=int)
+    p.add_argument('--top-p', type=float)
+    p.add_argument('--repetition-penalty', type=float)
+    p.add_argument('--seed', type=int)
+    p.add_argument('--second-per-grid-t', type=float, default=1.0,
+                   help='video: seconds one pair of frames spans (rope temporal step)')
+
+
+def load_pipeline(args, progress=None) -> Pipeline:
+    """Load the model the shared options name."""
+    return Pipeline.load(args.model_dir, args.tokenizer_dir, args.backend, args.providers,
+                         threads=args.threads, system_prompt=args.system_prompt,
+                         resize=args.resize, progress=progress)
+
+
+def generation_options(args) -> GenerationOptions:
+    """GenerationOptions from the shared sampling options."""
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens, greedy=True if args.greedy else None,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed,
+        second_per_grid_t=args.second_per_grid_t)
+
+
+def read_rgb(path: str):
+    """Read an image file as RGB uint8 (OpenCV decodes BGR)."""
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VLMError(f'cannot read image {path!r} (missing, or not an image OpenCV decodes)')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def result_dict(result, **extra) -> dict:
+    """The JSON form of a Result (what --json prints, and what bag annotation writes)."""
+    return dict(extra, text=result.text, token_ids=result.token_ids,
+                prompt_tokens=result.prompt_tokens, generated_tokens=len(result.token_ids),
+                finish_reason=result.finish_reason,
+                timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
+                tokens_per_second=round(result.tokens_per_second, 3))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of qwen-vl-describe."""
+    p = argparse.ArgumentParser(prog='qwen-vl-describe', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_generation_args(p)
+    p.add_argument('--image', action='append', default=[],
+                   help='image file; repeat for a video (frames in order)')
+    p.add_argument('--bag', help='annotate a rosbag2 recording instead of image files')
+    p.add_argument('--topic', help='--bag: the Image or CompressedImage topic')
+    p.add_argument('--every', type=float, default=1.0, help='--bag: seconds between frames')
+    p.add_argument('--out', help='--bag: JSONL file to write (default: stdout)')
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.add_argument('--stream', action='store_true', help='print text as it is generated')
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of qwen-vl-describe."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
+    try:
+        if args.bag:
+            from .annotate_bag import annotate_bag
+            return annotate_bag(args)
+        if not args.image and not args.prompt:
+            raise VLMError('give --image FILE and/or --prompt TEXT')
+        frames = [read_rgb(p) for p in args.image]
+        pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
+
+        def on_text(piece):
+            print(piece, end='', flush=True)
+
+        result = pipe.describe(frames, args.prompt, generation_options(args),
+                               on_text=on_text if args.stream and not args.json else None)
+    except VLMError as e:
+        print(f'qwen-vl-describe: error: {e}', file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result_dict(result), ensure_ascii=False))
+    elif args.stream:
+        print()
+    else:
+        print(result.text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

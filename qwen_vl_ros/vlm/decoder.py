@@ -1,0 +1,169 @@
+"""The language model as the compiled per-layer models see it: prefill, decode, KV cache.
+
+Everything about shapes is read from the layer models' own shape groups (CONTRACT.md):
+the group whose ``indices`` has one element decodes; every other group prefills a chunk of
+C = ``indices.shape[-1]`` tokens on top of H = ``mask.shape[-1] - C`` cached rows (H = 0 for the
+first chunk, which is the whole prompt in a single-prefill build). The KV length L and row
+width come from the decode group's ``K_cache``.
+
+Cache slots and rope positions are different things: the prompt fills slots 0..T-1, generated
+token k goes to slot T+k, but its rope position is max(prompt positions) + 1 + k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelDirError, PromptTooLongError
+from .runtime import Session
+
+BLOCKED = -65536.0  # additive mask value the compiled models were built with (exact in bf16)
+LAYER_INPUTS = ('K_cache', 'V_cache', 'indices', 'input', 'mask')
+
+
+@dataclass(frozen=True)
+class PrefillGroup:
+    """A prefill shape group: ``chunk`` new tokens on top of ``history`` cached rows."""
+
+    group: int
+    chunk: int
+    history: int
+
+
+class DecoderStack:
+    """The decoder layer sessions, the post model, and the KV cache they share."""
+
+    def __init__(self, layers: list, post: Session):
+        self.layers = layers
+        self.post = post
+        first = layers[0]
+        for i, layer in enumerate(layers):
+            for g in first.groups:
+                if [(s.name, s.shape) for s in layer.inputs(g)] != \
+                        [(s.name, s.shape) for s in first.inputs(g)]:
+                    raise ModelDirError(f'layer {i} ({layer.path}) has other shapes than layer 0'
+                                        f' in shape group {g}')
+        decode = [g for g in first.groups if _size(first.input('indices', g).shape) == 1]
+        if len(decode) != 1:
+            raise ModelDirError(f'{first.path}: expected exactly one decode shape group '
+                                f'(indices of one element), found {decode}')
+        self.decode_group = decode[0]
+        prefill = []
+        for g in first.groups:
+            if g == self.decode_group:
+                continue
+            chunk = first.input('indices', g).shape[-1]
+            prefill.append(PrefillGroup(g, chunk, first.input('mask', g).shape[-1] - chunk))
+        if not prefill:
+            raise ModelDirError(f'{first.path}: no prefill shape group')
+        self.prefill_groups = sorted(prefill, key=lambda p: p.history)
+        if self.prefill_groups[0].history != 0:
+            raise ModelDirError(f'{first.path}: no prefill group for the first chunk')
+        if len({p.chunk for p in prefill}) != 1:
+            raise ModelDirError(f'{first.path}: prefill groups disagree on the chunk size')
+
+        spec = {s.name: s for s in first.inputs(self.decode_group)}
+        missing = set(LAYER_INPUTS) - set(spec)
+        if missing:
+            raise ModelDirError(f'{first.path}: decoder layer lacks inputs {sorted(missing)}')
+        _, self.kv_len, self.kv_dim = spec['K_cache'].shape
+        self.hidden = spec['input'].shape[-1]
+        self.dtype = spec['input'].dtype          # embeddings and hidden states
+        self.cache_dtype = spec['K_cache'].dtype
+        self.mask_dtype = spec['mask'].dtype
+        self.index_dtype = spec['indices'].dtype
+        self.chunk = self.prefill_groups[0].chunk
+        self.max_prompt = min(self.prefill_groups[-1].history + self.chunk, self.kv_len)
+        self.k_cache = [np.zeros((1, self.kv_len, self.kv_dim), self.cache_dtype) for _ in layers]
+        self.v_cache = [np.zeros((1, self.kv_len, self.kv_dim), self.cache_dtype) for _ in layers]
+        # The first chunk's K/V inputs are dummies of whatever shape the model declares.
+        g1 = self.prefill_groups[0].group
+        self._dummy_k = first.input('K_cache', g1).zeros()
+        self._dummy_v = first.input('V_cache', g1).zeros()
+        self._decode_mask = np.zeros((1, 1, self.kv_len + 1), self.mask_dtype)
+        self._decode_index = np.zeros((1, 1), self.index_dtype)
+
+    # -- prefill ----------------------------------------------------------------------------
+    def check_prompt(self, n: int) -> None:
+        """Refuse a prompt the compiled prefill cannot take, naming both numbers."""
+        if n > self.max_prompt:
+            raise PromptTooLongError(
+                f'the prompt is {n} tokens but the model can prefill at most {self.max_prompt} '
+                f'(prefill length {self.chunk}'
+                + (f', chunks up to {self.max_prompt}' if len(self.prefill_groups) > 1 else '')
+                + '): shorten the prompt or use a smaller image')
+
+    def _group_for(self, history: int) -> PrefillGroup:
+        return next(p for p in self.prefill_groups if p.history >= history)
+
+    def _chunk_mask(self, pg: PrefillGroup, h: int, real: int) -> np.ndarray:
+        """Mask of a chunk with ``h`` cached rows and ``real`` non-padding tokens."""
+        c = pg.chunk
+        mask = np.full((1, c, pg.history + c), BLOCKED, np.float32)
+        mask[0, :real, :h] = 0.0
+        causal = np.triu(np.full((real, real), BLOCKED, np.float32), 1)
+        mask[0, :real, pg.history:pg.history + real] = causal
+        return mask.astype(self.mask_dtype)
+
+    def prefill(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run the prompt through every layer, chunk by chunk; return the last row's hidden."""
+        total = len(embeds)
+        self.check_prompt(total)
+        c = self.chunk
+        last = None
+        for h in range(0, total, c):
+            real = min(c, total - h)
+            pg = self._group_for(h)
+            x = np.zeros((1, c, self.hidden), self.dtype)
+            x[0, :real] = embeds[h:h + real]
+            idx = np.zeros((3, c), self.index_dtype)
+            idx[:, :real] = positions[:, h:h + real]
+            mask = self._chunk_mask(pg, h, real)
+            for i, layer in enumerate(self.layers):
+                if pg.history == 0:
+                    k_in, v_in = self._dummy_k, self._dummy_v
+                else:  # a prefix of the host cache: a view, no copy
+                    k_in, v_in = self.k_cache[i][:, :pg.history], self.v_cache[i][:, :pg.history]
+                k_out, v_out, x = layer.run(
+                    {'K_cache': k_in, 'V_cache': v_in, 'indices': idx, 'input': x,
+                     'mask': mask}, pg.group)
+                self.k_cache[i][0, h:h + real] = k_out[0, :real]
+                self.v_cache[i][0, h:h + real] = v_out[0, :real]
+            last = x[:, real - 1:real]
+        return last
+
+    # -- decode -----------------------------------------------------------------------------
+    def start_decode(self, prompt_len: int) -> None:
+        """Open the cache rows the prompt filled; slot L (the current token) is always open."""
+        m = self._decode_mask
+        m[...] = BLOCKED
+        m[0, 0, :prompt_len] = 0
+        m[0, 0, self.kv_len] = 0
+
+    def decode_step(self, embed: np.ndarray, slot: int, position: int) -> np.ndarray:
+        """One token through every layer; its K/V go to cache row ``slot``."""
+        self._decode_index[0, 0] = position
+        x = embed.reshape(1, 1, self.hidden)
+        feed = {'indices': self._decode_index, 'mask': self._decode_mask}
+        g = self.decode_group
+        for i, layer in enumerate(self.layers):
+            feed['K_cache'] = self.k_cache[i]
+            feed['V_cache'] = self.v_cache[i]
+            feed['input'] = x
+            k_out, v_out, x = layer.run(feed, g)
+            self.k_cache[i][0, slot] = k_out[0, 0]
+            self.v_cache[i][0, slot] = v_out[0, 0]
+        self._decode_mask[0, 0, slot] = 0
+        return x
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """Final norm + lm_head on one hidden row -> float32 logits (V,)."""
+        spec = self.post.inputs(0)[0]
+        out = self.post.run({spec.name: hidden.reshape(spec.shape).astype(spec.dtype, copy=False)})
+        return out[0].reshape(-1).astype(np.float32)
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape))

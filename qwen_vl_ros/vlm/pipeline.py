@@ -1,0 +1,273 @@
+"""Frames and a prompt in, text out: the Qwen2.5-VL axmodel pipeline from top to bottom.
+
+    model files -> runtime sessions -> frames to patches -> vision features
+    -> prompt ids and rope positions -> embeddings with the vision rows spliced in
+    -> prefill -> decode with the KV cache -> text
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .decoder import DecoderStack
+from .embeddings import EmbeddingTable
+from .errors import ImageError, ModelDirError
+from .model_dir import find_model_files
+from .prompt import PromptBuilder, VisionBlock, load_tokenizer
+from .runtime import select_runtime
+from .sampling import Sampler, SamplingOptions
+from .streaming import TextStream
+from .vision import RESIZE_MODES, fit_frame, frames_to_patches
+
+log = logging.getLogger('qwen_vl_ros')
+
+
+@dataclass
+class GenerationOptions:
+    """Per-request settings; None = the model's generation_config.json (or HF's default)."""
+
+    max_new_tokens: int = 128
+    greedy: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    second_per_grid_t: float = 1.0   # video: seconds per temporal group (AXERA's demo: 1.0)
+
+    def resolve(self, gen_cfg: dict) -> SamplingOptions:
+        """Fill unset fields from generation_config the way transformers does."""
+        def pick(value, key, default):
+            return value if value is not None else gen_cfg.get(key, default)
+        do_sample = (not self.greedy) if self.greedy is not None else \
+            bool(gen_cfg.get('do_sample', False))
+        return SamplingOptions(
+            do_sample=do_sample,
+            temperature=float(pick(self.temperature, 'temperature', 1.0)),
+            top_k=int(pick(self.top_k, 'top_k', 50)),
+            top_p=float(pick(self.top_p, 'top_p', 1.0)),
+            repetition_penalty=float(pick(self.repetition_penalty, 'repetition_penalty', 1.0)),
+            seed=self.seed)
+
+
+@dataclass
+class Result:
+    """What one request produced, with where the time went."""
+
+    text: str
+    token_ids: list
+    prompt_tokens: int
+    finish_reason: str            # 'stop' (an eos id) or 'length' (max_new_tokens / KV length)
+    timings_ms: dict = field(default_factory=dict)
+    tokens_per_second: float = 0.0
+
+
+class Pipeline:
+    """A loaded model: call ``describe`` from one thread (runtime sessions are single-threaded)."""
+
+    def __init__(self, files, runtime, vision, decoder: DecoderStack, embeddings, tokenizer,
+                 system_prompt: str = '', resize: str = 'stretch'):
+        self.files = files
+        self.runtime = runtime
+        self.vision = vision
+        self.decoder = decoder
+        self.embeddings = embeddings
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, files.config)
+        self.system_prompt = system_prompt
+        if resize not in RESIZE_MODES:
+            raise ImageError(f'resize mode {resize!r} is not one of {", ".join(RESIZE_MODES)}')
+        self.resize = resize
+        cfg = files.config
+        self.vision_input = vision.inputs(0)[0]
+        self.vision_size = self._vision_size()
+        self.grid = (self.vision_size[0] // cfg.patch_size, self.vision_size[1] // cfg.patch_size)
+        eos = files.generation_config.get('eos_token_id', tokenizer.eos_token_id)
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.fill = tuple(int(round(m * 255)) for m in files.image_mean)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
+             providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
+             resize: str = 'stretch', kv_len: int = 1023, progress=None) -> Pipeline:
+        """Find, check and open every model file; ``progress(str)`` hears each stage."""
+        say = progress or log.info
+        t0 = time.perf_counter()
+        files = find_model_files(model_dir, tokenizer_dir)
+        cfg = files.config
+        runtime = select_runtime(backend, files.backend_kind, providers, provider_options,
+                                 threads)
+        say(f'loading {model_dir} with {runtime.name}: {cfg.num_layers} layers, '
+            f'hidden {cfg.hidden_size}, vocab {cfg.vocab_size}')
+        legacy = getattr(runtime, 'legacy', False)
+        vision = runtime.open({-1: files.vision}, **cls._legacy_vision(files, legacy))
+        say(f'vision model loaded ({time.perf_counter() - t0:.1f} s)')
+        layer_specs = None
+        if legacy:
+            from .runtime.axengine import legacy_layer_specs
+            layer_specs = legacy_layer_specs(files.layers[0][-1], cfg.hidden_size, cfg.kv_dim,
+                                             kv_len)
+        layers = []
+        for i, paths in enumerate(files.layers):
+            layers.append(runtime.open(paths, **({'legacy_specs': layer_specs} if legacy
+                                                 else {})))
+            if (i + 1) % max(1, cfg.num_layers // 4) == 0 or i + 1 == cfg.num_layers:
+                say(f'decoder layers loaded: {i + 1}/{cfg.num_layers} '
+                    f'({time.perf_counter() - t0:.1f} s)')
+        post = runtime.open({-1: files.post}, **cls._legacy_post(files, legacy))
+        decoder = DecoderStack(layers, post)
+        embeddings = EmbeddingTable(files.embeddings, cfg.vocab_size, cfg.hidden_size)
+        if decoder.hidden != cfg.hidden_size or decoder.kv_dim != cfg.kv_dim:
+            raise ModelDirError(
+                f'layer models take hidden {decoder.hidden} / kv_dim {decoder.kv_dim} but '
+                f'config.json says {cfg.hidden_size} / {cfg.kv_dim}')
+        tokenizer = load_tokenizer(files.tokenizer_dir)
+        pipe = cls(files, runtime, vision, decoder, embeddings, tokenizer, system_prompt, resize)
+        say(f'model ready in {time.perf_counter() - t0:.1f} s: vision {pipe.vision_size[0]}x'
+            f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
+            f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
+        return pipe
+
+    @staticmethod
+    def _legacy_vision(files, legacy: bool) -> dict:
+        if not legacy:
+            return {}
+        import ml_dtypes  # noqa: F401  (the older runtime takes bf16 features as is)
+        from .runtime.base import TensorSpec
+        h, w = files.vision_size_hint or (448, 448)
+        p, m = files.config.patch_size, files.config.spatial_merge_size
+        seq = (h // p) * (w // p)
+        t = files.config.temporal_patch_size
+        ins = {0: [TensorSpec('hidden_states', (1, seq, t * p * p, 3), np.dtype(np.uint8))]}
+        outs = {0: [TensorSpec('output', (seq // m // m, files.config.hidden_size),
+                               np.dtype(np.float32))]}
+        return {'legacy_specs': (ins, outs)}
+
+    @staticmethod
+    def _legacy_post(files, legacy: bool) -> dict:
+        if not legacy:
+            return {}
+        import ml_dtypes
+        from .runtime.base import TensorSpec
+        bf16 = np.dtype(ml_dtypes.bfloat16)
+        d, v = files.config.hidden_size, files.config.vocab_size
+        return {'legacy_specs': ({0: [TensorSpec('input', (1, 1, d), bf16)]},
+                                 {0: [TensorSpec('output', (1, 1, v), bf16)]})}
+
+    def _vision_size(self) -> tuple:
+        """(H, W) the vision model was compiled for, from its input shape (and file name)."""
+        cfg = self.files.config
+        shape = self.vision_input.shape
+        per_patch = cfg.temporal_patch_size * cfg.patch_size ** 2
+        if len(shape) != 4 or shape[2] != per_patch or shape[3] != 3:
+            raise ModelDirError(f'{self.files.vision}: input {shape} is not (1, patches, '
+                                f'{per_patch}, 3) uint8 NHWC patches')
+        seq, p = shape[1], cfg.patch_size
+        hint = self.files.vision_size_hint
+        if hint and (hint[0] // p) * (hint[1] // p) == seq:
+            return hint
+        side = math.isqrt(seq)
+        if side * side != seq:
+            raise ModelDirError(f'{self.files.vision}: {seq} patches is not square; name the '
+                                'file *_<H>x<W>.* to give its size')
+        return side * p, side * p
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Longest prompt (text + vision tokens) the compiled prefill accepts."""
+        return self.decoder.max_prompt
+
+    # -- one request ------------------------------------------------------------------------
+    def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
+                 on_text=None) -> Result:
+        """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
+
+        ``on_text(piece)`` is called with each newly completed piece of text while decoding.
+        """
+        opts = options or GenerationOptions()
+        if opts.max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
+        cfg = self.files.config
+        dec = self.decoder
+        t0 = time.perf_counter()
+
+        # frames -> patches (done first: a bad frame is refused before any model runs)
+        frames = list(frames or [])
+        patches = None
+        blocks: tuple = ()
+        if frames:
+            fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
+            patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
+                                        cfg.temporal_patch_size)
+            kind = 'image' if len(frames) == 1 else 'video'
+            blocks = (VisionBlock(kind, len(patches), *self.grid, opts.second_per_grid_t),)
+
+        # prompt -> ids and positions; refuse what cannot be prefilled
+        ids, positions = self.prompts.build(prompt, self.system_prompt, blocks)
+        dec.check_prompt(len(ids))
+        embeds = self.embeddings.lookup(ids, dec.dtype)
+        t_pre = time.perf_counter()
+
+        # vision features, spliced over the pad run
+        if patches is not None:
+            feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
+                     for g in range(len(patches))]
+            feats = np.concatenate(feats).reshape(-1, dec.hidden)
+            pad = cfg.image_token_id if blocks[0].kind == 'image' else cfg.video_token_id
+            where = np.flatnonzero(ids == pad)
+            if len(where) != len(feats):
+                raise ModelDirError(f'the vision model gave {len(feats)} tokens, the prompt has '
+                                    f'{len(where)} pads: model and config disagree')
+            embeds[where] = feats.astype(dec.dtype, copy=False)
+        t_vis = time.perf_counter()
+
+        # prefill -> first token
+        sampler = Sampler(opts.resolve(self.files.generation_config))
+        seen = list(ids)
+        logits = dec.logits(dec.prefill(embeds, positions))
+        t_first = time.perf_counter()
+
+        # decode
+        stream = TextStream(self.tokenizer)
+        out: list = []
+        finish = 'length'
+        total = len(ids)
+        dec.start_decode(total)
+        position = int(positions.max()) + 1
+        steps = 0
+        while True:
+            token = sampler(logits, np.asarray(seen))
+            out.append(token)
+            seen.append(token)
+            if token in self.eos_ids:
+                finish = 'stop'
+                break
+            if on_text is not None:
+                piece = stream.push(token)
+                if piece:
+                    on_text(piece)
+            slot = total + len(out) - 1
+            if len(out) >= opts.max_new_tokens or slot >= dec.kv_len:
+                break
+            hidden = dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
+                                     position + len(out) - 1)
+            logits = dec.logits(hidden)
+            steps += 1
+        t_end = time.perf_counter()
+
+        decode_s = t_end - t_first
+        return Result(
+            text=self.tokenizer.decode(out, skip_special_tokens=True),
+            token_ids=[int(t) for t in out],
+            prompt_tokens=total,
+            finish_reason=finish,
+            timings_ms={'preprocess': 1e3 * (t_pre - t0), 'vision': 1e3 * (t_vis - t_pre),
+                        'prefill': 1e3 * (t_first - t_vis), 'decode': 1e3 * decode_s,
+                        'time_to_first_token': 1e3 * (t_first - t0)},
+            tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0)

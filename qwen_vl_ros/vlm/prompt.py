@@ -1,0 +1,126 @@
+"""Prompt ids and 3-D rope positions for Qwen2.5-VL, with the tokenizer from the model directory.
+
+The chat template and the tokenizer are transformers' (what the model was trained with); the
+only hand-written parts are expanding the image/video pad token to the vision token count (what
+the HF processor does to the text) and the rope positions, computed in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelDirError
+from .model_dir import TextConfig
+
+
+@dataclass(frozen=True)
+class VisionBlock:
+    """One image or video in the prompt: its kind and its patch grid (t groups, h, w patches)."""
+
+    kind: str                       # 'image' or 'video'
+    grid_t: int
+    grid_h: int
+    grid_w: int
+    second_per_grid_t: float = 1.0  # video only: seconds one temporal group spans
+
+    def tokens(self, merge: int) -> int:
+        """Number of merged vision tokens the LLM sees for this block."""
+        return self.grid_t * (self.grid_h // merge) * (self.grid_w // merge)
+
+
+def load_tokenizer(tokenizer_dir: str):
+    """Load the HF tokenizer (and its chat template) offline from a directory."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except Exception as e:  # transformers raises OSError/ValueError/... for broken dirs
+        raise ModelDirError(f'cannot load the tokenizer from {tokenizer_dir}: {e}') from e
+    if not getattr(tok, 'chat_template', None):
+        path = os.path.join(tokenizer_dir, 'chat_template.json')
+        if not os.path.exists(path):
+            raise ModelDirError(f'{tokenizer_dir}: the tokenizer has no chat template and there '
+                                'is no chat_template.json')
+        with open(path, encoding='utf-8') as f:
+            tok.chat_template = json.load(f)['chat_template']
+    return tok
+
+
+def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray:
+    """3-D (temporal, height, width) rope positions ``(3, T)`` for a prompt, as int64.
+
+    Follows transformers 4.49-4.57 ``get_rope_index``, the rule the model was trained with and
+    AXERA's demo uses: text tokens count up on all three rows; a vision block's tokens get
+    (t * second_per_grid_t * tokens_per_second, row, column) offset by the text before it; text
+    after a block restarts at the max of ALL the block's positions + 1. transformers 5.x
+    advances by the spatial extent only, which differs for videos, so it is not followed here.
+    For images the temporal index is 0. 4.57 truncates ``second_per_grid_t`` to an integer
+    before multiplying; integral values (the default 1.0) give the same result either way.
+    """
+    merge = cfg.spatial_merge_size
+    pad_ids = {cfg.image_token_id, cfg.video_token_id}
+    out = np.empty((3, len(ids)), np.int64)
+    start = 0      # next free position
+    i = 0          # next token to place
+    block_iter = iter(blocks)
+    n = len(ids)
+    while i < n:
+        if ids[i] not in pad_ids:
+            j = i
+            while j < n and ids[j] not in pad_ids:
+                j += 1
+            out[:, i:j] = np.arange(start, start + j - i)
+            start += j - i
+            i = j
+            continue
+        block = next(block_iter, None)
+        if block is None:
+            raise ValueError('more vision pad runs in the prompt than vision blocks')
+        gh, gw = block.grid_h // merge, block.grid_w // merge
+        count = block.grid_t * gh * gw
+        step = 0.0 if block.kind == 'image' else block.second_per_grid_t * cfg.tokens_per_second
+        t_idx = (np.arange(block.grid_t) * step).astype(np.int64)
+        grid = np.stack(np.meshgrid(t_idx, np.arange(gh), np.arange(gw), indexing='ij'))
+        out[:, i:i + count] = grid.reshape(3, count) + start
+        start = int(out[:, i:i + count].max()) + 1
+        i += count
+    return out
+
+
+class PromptBuilder:
+    """Turns (system prompt, user prompt, vision blocks) into token ids and rope positions."""
+
+    def __init__(self, tokenizer, cfg: TextConfig):
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+
+    def text(self, prompt: str, system_prompt: str = '', blocks: tuple = ()) -> str:
+        """The chat-templated prompt text, one pad token per vision block (not yet expanded)."""
+        content = [{'type': b.kind} for b in blocks] + [{'type': 'text', 'text': prompt}]
+        messages = []
+        if system_prompt:
+            messages.append({'role': 'system', 'content': system_prompt})
+        messages.append({'role': 'user', 'content': content})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
+
+    def build(self, prompt: str, system_prompt: str = '', blocks: tuple = ()):
+        """Return (ids int64 (T,), positions int64 (3, T)) with pads expanded per block."""
+        text = self.text(prompt, system_prompt, blocks)
+        ids = self.tokenizer(text, add_special_tokens=False)['input_ids']
+        pad_ids = (self.cfg.image_token_id, self.cfg.video_token_id)
+        expanded: list = []
+        todo = iter(blocks)
+        for tok in ids:
+            if tok in pad_ids:
+                block = next(todo, None)
+                if block is None:
+                    raise ValueError('the chat template emitted more vision pads than blocks')
+                expanded.extend([tok] * block.tokens(self.cfg.spatial_merge_size))
+            else:
+                expanded.append(tok)
+        arr = np.asarray(expanded, np.int64)
+        return arr, rope_positions(arr, self.cfg, list(blocks))

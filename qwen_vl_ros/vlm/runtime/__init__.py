@@ -1,0 +1,54 @@
+"""Runtimes behind one small interface: onnxruntime and axengine (pyaxengine, both APIs)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ModelDirError
+from .base import Runtime, Session, TensorSpec
+
+__all__ = ['Runtime', 'Session', 'TensorSpec', 'select_runtime', 'BACKENDS']
+
+BACKENDS = ('auto', 'axengine', 'onnxruntime')
+log = logging.getLogger('qwen_vl_ros')
+
+
+def _auto_backend(model_kind: str) -> str:
+    """axengine when it imports (and the models are axmodels), onnxruntime otherwise."""
+    if model_kind == 'onnx':
+        log.info('backend auto: the model directory holds ONNX models, using onnxruntime')
+        return 'onnxruntime'
+    try:
+        import axengine  # noqa: F401
+    except ImportError as e:
+        log.warning('backend auto: axengine does not import (%s), trying onnxruntime', e)
+        return 'onnxruntime'
+    log.info('backend auto: axengine imports, using it')
+    return 'axengine'
+
+
+def select_runtime(backend: str, model_kind: str, providers=None, provider_options=None,
+                   threads: int = 0) -> Runtime:
+    """Return the runtime for ``backend``; ``auto`` takes axengine when it imports.
+
+    ``model_kind`` is what the model directory holds ('axmodel' or 'onnx'), so that a wrong
+    pairing fails here with a clear reason instead of deep inside a runtime.
+    """
+    if backend not in BACKENDS:
+        raise ModelDirError(f'backend {backend!r} is not one of {", ".join(BACKENDS)}')
+    if backend == 'auto':
+        backend = _auto_backend(model_kind)
+    want = 'axmodel' if backend == 'axengine' else 'onnx'
+    if model_kind != want:
+        raise ModelDirError(
+            f'backend {backend} runs .{want} files but the model directory holds .{model_kind} '
+            f'files: use backend {"onnxruntime" if model_kind == "onnx" else "axengine"}')
+    if backend == 'axengine':
+        from .axengine import AxEngineRuntime
+        try:
+            return AxEngineRuntime(providers, provider_options)
+        except ImportError as e:
+            raise ModelDirError(f'backend axengine: cannot import axengine ({e}); install '
+                                'pyaxengine and the NPU libraries from AXERA') from e
+    from .onnx import OnnxRuntime
+    return OnnxRuntime(providers, threads)

@@ -1,0 +1,162 @@
+"""axengine backend: compiled .axmodel files on the AX650N NPU through pyaxengine.
+
+Two generations of pyaxengine exist on boards in the field:
+
+- current: ``InferenceSession(path, providers=...)``, ``get_inputs(shape_group)``,
+  ``run(None, feed, shape_group=g)``; it checks exact shapes and dtypes per group;
+- older (what AXERA's Python demo used): ``InferenceSession.load_from_model(path)``,
+  ``set_runtime_context(group_id=g)``, ``run(feed)``; it exposes input names only and checks
+  nothing, so shapes come from the axmodel contract (prefill length from the file name, KV
+  length from ``kv_len``).
+
+pyaxengine's ``run`` memmoves every fed input into the session's persistent CMM input buffer
+and flushes it, then copies every output out (axengine/_axe.py). Feeding a whole (1, 1023, 256)
+KV cache therefore costs a copy per layer per token on this runtime, unlike onnxruntime.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import ModelDirError, RuntimeFailure
+from .base import Runtime, Session, TensorSpec
+
+
+def _dtype(d) -> np.dtype:
+    if isinstance(d, str) and 'bfloat16' in d:
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(d)
+
+
+def _specs(args) -> list[TensorSpec]:
+    return [TensorSpec(a.name, tuple(int(s) for s in a.shape), _dtype(a.dtype)) for a in args]
+
+
+def _probe_groups(sess) -> tuple:
+    """Count shape groups: pyaxengine has no public count, so ask until it refuses."""
+    groups = []
+    for g in range(64):
+        try:
+            sess.get_inputs(shape_group=g)
+        except (ValueError, IndexError):
+            break
+        groups.append(g)
+    return tuple(groups) or (0,)
+
+
+class AxSession(Session):
+    """A model on the current pyaxengine API (shape groups, checked feeds)."""
+
+    def __init__(self, path: str, providers, provider_options):
+        import axengine
+        self.path = path
+        try:
+            self._sess = axengine.InferenceSession(
+                path, providers=providers, provider_options=provider_options)
+        except Exception as e:  # pyaxengine raises plain RuntimeError/ValueError/...
+            raise ModelDirError(f'axengine cannot load {path}: {e}') from e
+        self.groups = _probe_groups(self._sess)
+        self._in = {g: _specs(self._sess.get_inputs(shape_group=g)) for g in self.groups}
+        self._out = {g: _specs(self._sess.get_outputs(shape_group=g)) for g in self.groups}
+
+    def inputs(self, group: int = 0) -> list[TensorSpec]:
+        """Input specs the runtime declares for a group."""
+        return self._in[group]
+
+    def outputs(self, group: int = 0) -> list[TensorSpec]:
+        """Output specs the runtime declares for a group."""
+        return self._out[group]
+
+    def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
+        """Run a group; pyaxengine copies inputs in and outputs out."""
+        try:
+            return self._sess.run(None, feed, shape_group=group)
+        except Exception as e:
+            raise RuntimeFailure(f'axengine failed on {self.path} group {group}: {e}') from e
+
+
+class LegacyAxSession(Session):
+    """A model on the older pyaxengine API: names only, shapes from the axmodel contract."""
+
+    def __init__(self, path: str, specs: dict, out_specs: dict):
+        import axengine
+        self.path = path
+        try:
+            self._sess = axengine.InferenceSession.load_from_model(path)
+        except Exception as e:
+            raise ModelDirError(f'axengine cannot load {path}: {e}') from e
+        names = [n if isinstance(n, str) else n.name for n in self._sess.get_inputs()]
+        # The contract's input order; the runtime's own names win where it reports them.
+        self._in = {g: [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, specs[g])]
+                    if len(names) == len(specs[g]) else specs[g] for g in specs}
+        self._out = out_specs
+        self.groups = tuple(sorted(specs))
+        self._group = None
+
+    def inputs(self, group: int = 0) -> list[TensorSpec]:
+        """Input specs derived from the contract."""
+        return self._in[group]
+
+    def outputs(self, group: int = 0) -> list[TensorSpec]:
+        """Output specs derived from the contract."""
+        return self._out[group]
+
+    def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
+        """Select the group's runtime context (only when it changes) and run."""
+        try:
+            if len(self.groups) > 1 and group != self._group:
+                self._sess.set_runtime_context(group_id=group)
+                self._group = group
+            out = self._sess.run(feed)
+        except Exception as e:
+            raise RuntimeFailure(f'axengine failed on {self.path} group {group}: {e}') from e
+        # Some releases return a dict keyed by output name, others a list.
+        return list(out.values()) if isinstance(out, dict) else list(out)
+
+
+def legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
+    """Contract shapes of a single-prefill decoder layer for the older runtime (no introspection)."""
+    m = re.search(r'_p(\d+)_', path)
+    if not m:
+        raise ModelDirError(f'{path}: cannot tell the prefill length from the file name')
+    p = int(m.group(1))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    u32 = np.dtype(np.uint32)
+
+    def group(s, cache, mask):
+        return [TensorSpec('K_cache', cache, bf16), TensorSpec('V_cache', cache, bf16),
+                TensorSpec('indices', (3 if s > 1 else 1, s), u32),
+                TensorSpec('input', (1, s, hidden), bf16), TensorSpec('mask', mask, bf16)]
+
+    def outs(s):
+        return [TensorSpec('K_cache_out', (1, s, kv_dim), bf16),
+                TensorSpec('V_cache_out', (1, s, kv_dim), bf16),
+                TensorSpec('output', (1, s, hidden), bf16)]
+
+    ins = {0: group(1, (1, kv_len, kv_dim), (1, 1, kv_len + 1)),
+           1: group(p, (1, 1, hidden), (1, p, p))}
+    return ins, {0: outs(1), 1: outs(p)}
+
+
+class AxEngineRuntime(Runtime):
+    """Opens axmodels with pyaxengine; the API generation is detected once at start."""
+
+    name = 'axengine'
+
+    def __init__(self, providers=None, provider_options=None):
+        import axengine  # raises ImportError ("No providers found") without NPU libraries
+        self.legacy = hasattr(axengine.InferenceSession, 'load_from_model')
+        self.providers = providers
+        self.provider_options = provider_options
+
+    def open(self, paths: dict, legacy_specs=None) -> Session:
+        """Open one .axmodel (every shape group lives in the one file)."""
+        path = paths[min(paths)]
+        if self.legacy:
+            if legacy_specs is None:
+                raise ModelDirError(f'{path}: the older pyaxengine API cannot describe inputs')
+            return LegacyAxSession(path, *legacy_specs)
+        return AxSession(path, self.providers, self.provider_options)

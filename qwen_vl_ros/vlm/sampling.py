@@ -1,0 +1,57 @@
+"""Choosing the next token from logits: greedy, or sampled with HF's processors in HF's order.
+
+Order as transformers' generate applies them: repetition penalty, then temperature, top-k,
+top-p; greedy takes the argmax after the penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SamplingOptions:
+    """Resolved sampling settings (no Nones)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+class Sampler:
+    """Picks tokens; owns the random generator so a seed makes a request repeatable."""
+
+    def __init__(self, opts: SamplingOptions):
+        self.opts = opts
+        self.rng = np.random.default_rng(opts.seed)
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        """Next token id from float32 logits (V,); ``seen`` = ids of prompt and output so far."""
+        o = self.opts
+        if o.repetition_penalty != 1.0 and len(seen):
+            logits = logits.copy()
+            idx = np.unique(seen)
+            s = logits[idx]
+            logits[idx] = np.where(s < 0, s * o.repetition_penalty, s / o.repetition_penalty)
+        if not o.do_sample:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / max(o.temperature, 1e-6)
+        if 0 < o.top_k < len(x):
+            kth = np.partition(x, -o.top_k)[-o.top_k]
+            x = np.where(x < kth, -np.inf, x)
+        probs = np.exp(x - x.max())
+        probs /= probs.sum()
+        if o.top_p < 1.0:
+            order = np.argsort(-probs, kind='stable')
+            cum = np.cumsum(probs[order])
+            # keep the smallest prefix whose mass reaches top_p (always at least one token)
+            keep = order[:int(np.searchsorted(cum, o.top_p) + 1)]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(len(probs), p=probs))
