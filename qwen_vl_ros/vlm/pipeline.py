@@ -62,7 +62,7 @@ class Result:
     text: str
     token_ids: list
     prompt_tokens: int
-    finish_reason: str            # 'stop' (an eos id) or 'length' (max_new_tokens / KV length)
+    finish_reason: str  # 'stop' (eos id), 'length' (max_new_tokens / KV length), 'cancelled'
     timings_ms: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
 
@@ -185,10 +185,12 @@ class Pipeline:
 
     # -- one request ------------------------------------------------------------------------
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
-                 on_text=None) -> Result:
+                 on_text=None, should_stop=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
 
-        ``on_text(piece)`` is called with each newly completed piece of text while decoding.
+        ``on_text(piece)`` is called with each newly completed piece of text while decoding;
+        ``should_stop()`` is asked before each decode step and ends generation early with
+        finish reason 'cancelled' when it returns True.
         """
         opts = options or GenerationOptions()
         if opts.max_new_tokens < 1:
@@ -254,6 +256,9 @@ class Pipeline:
                     on_text(piece)
             slot = total + len(out) - 1
             if len(out) >= opts.max_new_tokens or slot >= dec.kv_len:
+                break
+            if should_stop is not None and should_stop():
+                finish = 'cancelled'
                 break
             hidden = dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
                                      position + len(out) - 1)
