@@ -1,0 +1,57 @@
+"""torch.onnx export of one module to one file, with the graph signature fixed up afterwards.
+
+The legacy (TorchScript) exporter cannot declare uint32 inputs and drops inputs the graph does not
+use; the axmodel signature needs both (`indices` is uint32, group 1's dummy cache must be fed).
+"""
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+OPSET = 17
+
+
+def export_graph(module: torch.nn.Module, args: tuple, path: Path,
+                 input_names: tuple[str, ...], output_names: tuple[str, ...],
+                 uint32_inputs: tuple[str, ...] = ()) -> None:
+    """Export `module(*args)` with static shapes; `uint32_inputs` are traced as int64."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing bakes grid-derived values in as constants: intended, the graphs are fixed-size.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        torch.onnx.export(module, args, str(path), input_names=list(input_names),
+                          output_names=list(output_names), opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+    model = onnx.load(str(path))
+    _restore_inputs(model, input_names, args)
+    for name in uint32_inputs:
+        _cast_input_from_uint32(model, name)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _restore_inputs(model: onnx.ModelProto, names: tuple[str, ...], args: tuple) -> None:
+    """Put back inputs the exporter pruned, keeping the declared input order."""
+    present = {vi.name: vi for vi in model.graph.input}
+    inputs = []
+    for name, arg in zip(names, args):
+        if name in present:
+            inputs.append(present[name])
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(arg.numpy().dtype)
+            inputs.append(helper.make_tensor_value_info(name, elem, list(arg.shape)))
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+def _cast_input_from_uint32(model: onnx.ModelProto, name: str) -> None:
+    """Make input `name` uint32 and cast it to int64 (what Gather wants) as the graph's first node."""
+    graph = model.graph
+    (value_info,) = [vi for vi in graph.input if vi.name == name]
+    value_info.type.tensor_type.elem_type = TensorProto.UINT32
+    cast_name = f'{name}_int64'
+    for node in graph.node:
+        node.input[:] = [cast_name if i == name else i for i in node.input]
+    graph.node.insert(0, helper.make_node('Cast', [name], [cast_name], to=TensorProto.INT64,
+                                          name=f'{name}_to_int64'))
