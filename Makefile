@@ -1,0 +1,77 @@
+# qwen_vl_ros developer and CI entry points. `make test` is what .ci/run runs.
+#
+#   make venv       .venv with the pinned dependencies and qwen_vl_interfaces built into it
+#   make install    venv + `pip install --no-deps .` of this package (always re-run: code changes)
+#   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
+#   make test       lint, install, then pytest with the loopback ROS environment
+#   make interfaces rebuild qwen_vl_interfaces into the venv now
+#   make clean      remove build products; make distclean also removes .venv
+#
+# Stamp files in .venv make a second run cheap: the dependencies are reinstalled only when
+# scripts/requirements.txt changes, the interfaces rebuilt only when their sources change.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+REPO   := $(CURDIR)
+PYTHON ?= python3
+VENV   ?= $(REPO)/.venv
+VPY    := $(VENV)/bin/python3
+PIP    := $(VPY) -m pip --disable-pip-version-check
+BUILD  := $(REPO)/build
+# Optional pytest arguments, e.g. make test PYTEST_ARGS='-k image -x'
+PYTEST_ARGS ?=
+# Python 3.10 (what Ubuntu 22.04 robots run) for the syntax check; skipped when absent.
+PY310  ?= $(firstword $(wildcard /root/.pyenv/versions/3.10*/bin/python3) \
+                      $(shell command -v python3.10 2>/dev/null))
+
+INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv/*.srv) \
+                  qwen_vl_interfaces/CMakeLists.txt qwen_vl_interfaces/package.xml \
+                  scripts/build_interfaces.sh
+
+ROS_ENV := . $(REPO)/scripts/ros_env.sh $(VENV)
+
+.PHONY: venv install lint test interfaces clean distclean
+
+venv: $(VENV)/.stamp-interfaces
+
+$(VENV)/.stamp-python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade 'pip>=23'
+	touch $@
+
+$(VENV)/.stamp-deps: scripts/requirements.txt $(VENV)/.stamp-python
+	$(PIP) install -r scripts/requirements.txt
+	command -v cmake >/dev/null || $(PIP) install 'cmake>=3.22,<5'
+	touch $@
+
+$(VENV)/.stamp-interfaces: $(INTERFACE_SRCS) $(VENV)/.stamp-deps
+	scripts/build_interfaces.sh $(VENV) $(BUILD)/qwen_vl_interfaces
+	touch $@
+
+interfaces: $(VENV)/.stamp-deps
+	scripts/build_interfaces.sh $(VENV) $(BUILD)/qwen_vl_interfaces
+	touch $(VENV)/.stamp-interfaces
+
+# A real install (not -e): only that puts data_files (package.xml, launch/, config/, the ament
+# index marker) into the venv's share/. setuptools' build/lib would keep deleted modules: clear it.
+install: venv
+	rm -rf $(BUILD)/lib $(BUILD)/bdist.*
+	$(PIP) install --quiet --no-deps --no-build-isolation .
+
+lint: $(VENV)/.stamp-deps
+	$(VENV)/bin/ruff check .
+	@if [ -n "$(PY310)" ]; then \
+	  $(PY310) scripts/syntax_check.py qwen_vl_ros test scripts launch setup.py; \
+	else echo "lint: no Python 3.10 found, syntax check skipped"; fi
+
+test: lint install
+	$(ROS_ENV) && echo "test: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
+	  cd $(REPO) && $(VPY) -m pytest test -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV)
