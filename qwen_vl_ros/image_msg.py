@@ -1,0 +1,248 @@
+"""sensor_msgs Image and CompressedImage -> HxWx3 uint8 RGB numpy arrays, without ROS.
+
+Takes any object with the fields of the messages (duck typing), so it runs on rclpy messages,
+rosbags messages and plain test objects alike; it never imports rclpy.
+
+- ``image_to_rgb(msg)``: ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``.
+  Encodings (names of sensor_msgs/image_encodings.hpp): rgb8, bgr8, rgba8, bgra8, rgb16, bgr16,
+  rgba16, bgra16, mono8, mono16, uyvy (= yuv422), yuyv (= yuv422_yuy2), nv12, nv21 and the Bayer
+  patterns bayer_rggb8/bggr8/gbrg8/grbg8 and their 16-bit variants. 16-bit data is reduced to
+  8 bit by its high byte (``>> 8``) in the byte order that ``is_bigendian`` says.
+- ``compressed_to_rgb(msg)``: ``format``, ``data``; JPEG and PNG (and what else OpenCV decodes).
+  The size is read from the JPEG / PNG header before anything is decoded.
+
+Rows may be padded (``step`` > width * bytes per pixel). The data is wrapped with np.frombuffer,
+never copied to bytes first: an rgb8 (or rgba8) frame comes back as a view into ``msg.data``
+(read-only when the data is ``bytes``); other encodings cost one conversion into a new array.
+Every problem raises ImageError with a message that says what is wrong.
+"""
+import cv2
+import numpy as np
+
+from .vlm.errors import ImageError
+
+# encoding -> (bytes per pixel, kind). The kinds are converted in _convert.
+_ENCODINGS = {
+    'rgb8': (3, 'rgb'),
+    'bgr8': (3, 'bgr'),
+    'rgba8': (4, 'rgba'),
+    'bgra8': (4, 'bgra'),
+    'rgb16': (6, 'rgb'),
+    'bgr16': (6, 'bgr'),
+    'rgba16': (8, 'rgba'),
+    'bgra16': (8, 'bgra'),
+    'mono8': (1, 'mono'),
+    'mono16': (2, 'mono'),
+    # ROS: 'yuv422' is UYVY and 'yuv422_yuy2' is YUYV (both names deprecated in favour of fourcc).
+    'uyvy': (2, 'uyvy'),
+    'yuv422': (2, 'uyvy'),
+    'yuyv': (2, 'yuyv'),
+    'yuv422_yuy2': (2, 'yuyv'),
+    # 4:2:0 semi-planar: a full-size Y plane of `step` bytes per row, then height/2 rows of
+    # interleaved chroma (UV for nv12, VU for nv21).
+    'nv12': (1, 'nv12'),
+    'nv21': (1, 'nv21'),
+}
+# ROS names a Bayer pattern by its top-left 2x2 block; OpenCV's BayerXY codes name the second
+# row's second and third pixels, so ROS rggb is OpenCV BayerBG (as in cv_bridge). The tests
+# check it with a pure red, green and blue scene.
+_BAYER_CODES = {
+    'rggb': cv2.COLOR_BayerBG2RGB,
+    'bggr': cv2.COLOR_BayerRG2RGB,
+    'gbrg': cv2.COLOR_BayerGR2RGB,
+    'grbg': cv2.COLOR_BayerGB2RGB,
+}
+for _pattern in _BAYER_CODES:
+    _ENCODINGS[f'bayer_{_pattern}8'] = (1, 'bayer_' + _pattern)
+    _ENCODINGS[f'bayer_{_pattern}16'] = (2, 'bayer_' + _pattern)
+del _pattern
+
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+_JPEG_SOI = b'\xff\xd8'
+_JPEG_EOI = b'\xff\xd9'
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# Start-of-frame markers (they carry the image size): C0-CF except DHT C4, JPG C8, DAC CC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)  # OpenCV >= 4.10 decodes straight to RGB
+
+
+def image_to_rgb(msg, max_pixels=None) -> np.ndarray:
+    """Convert a sensor_msgs/Image-like message to an HxWx3 uint8 RGB array.
+
+    ``max_pixels``: refuse frames with more pixels than this (None or 0: no limit); checked
+    before any pixel is touched. The result may share memory with ``msg.data`` (see the module
+    docstring): copy it before writing into it.
+    """
+    encoding = str(msg.encoding).strip().lower()
+    if encoding not in _ENCODINGS:
+        raise ImageError(f'unsupported image encoding {msg.encoding!r}; supported: '
+                         f'{", ".join(SUPPORTED_ENCODINGS)}')
+    bpp, kind = _ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageError(f'empty image: {width}x{height} pixels ({encoding})')
+    _check_pixels(width, height, max_pixels)
+    if step < width * bpp:
+        raise ImageError(f'step {step} is smaller than width {width} x {bpp} bytes per pixel = '
+                         f'{width * bpp} bytes for encoding {encoding}')
+    if kind in ('uyvy', 'yuyv', 'nv12', 'nv21') and width % 2:
+        raise ImageError(f'{encoding} needs an even width, got {width}')
+    rows_total = height
+    if kind in ('nv12', 'nv21'):
+        if height % 2:
+            raise ImageError(f'{encoding} needs an even height, got {height}')
+        rows_total = height * 3 // 2
+    buf = _byte_view(msg.data)
+    if buf.size < step * rows_total:
+        need = f'step x height = {step} x {height}'
+        if rows_total != height:
+            need = f'step x height x 1.5 = {step} x {height} x 1.5'
+        raise ImageError(f'image data has {buf.size} bytes, expected {need} = '
+                         f'{step * rows_total} bytes for a {width}x{height} {encoding} image')
+    # Rows without their padding: a (rows, width * bpp) view, no copy.
+    rows = buf[:step * rows_total].reshape(rows_total, step)[:, :width * bpp]
+    if bpp in (2, 6, 8) and kind not in ('uyvy', 'yuyv'):
+        # 16 bits per channel -> 8: keep the high byte, a strided view.
+        rows = rows[:, 0::2] if msg.is_bigendian else rows[:, 1::2]
+    return _convert(kind, rows, height, width)
+
+
+def _convert(kind: str, rows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Turn (rows, width * channels) uint8 rows of one kind of layout into HxWx3 RGB."""
+    if kind == 'mono':
+        return cv2.cvtColor(np.ascontiguousarray(rows), cv2.COLOR_GRAY2RGB)
+    if kind.startswith('bayer_'):
+        return cv2.cvtColor(np.ascontiguousarray(rows), _BAYER_CODES[kind[6:]])
+    if kind in ('nv12', 'nv21'):
+        code = cv2.COLOR_YUV2RGB_NV12 if kind == 'nv12' else cv2.COLOR_YUV2RGB_NV21
+        return cv2.cvtColor(np.ascontiguousarray(rows), code)
+    if kind in ('uyvy', 'yuyv'):
+        code = cv2.COLOR_YUV2RGB_UYVY if kind == 'uyvy' else cv2.COLOR_YUV2RGB_YUYV
+        return cv2.cvtColor(np.ascontiguousarray(rows.reshape(height, width, 2)), code)
+    channels = 4 if kind in ('rgba', 'bgra') else 3
+    pixels = rows.reshape(height, width, channels)
+    if kind in ('rgb', 'rgba'):
+        return pixels[:, :, :3]  # a view: no copy for rgb8 / rgba8
+    return np.ascontiguousarray(pixels[:, :, 2::-1])  # bgr / bgra: one copy, reordered
+
+
+def compressed_to_rgb(msg, max_pixels=None) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage-like message (JPEG, PNG) to HxWx3 uint8 RGB.
+
+    The pixel count is read from the JPEG / PNG header and checked against ``max_pixels``
+    (None or 0: no limit) before decoding; other formats are checked after decoding. Truncated
+    JPEG and PNG data is refused instead of decoded to a partly grey picture.
+    """
+    fmt = str(getattr(msg, 'format', '') or '').strip()
+    if 'compresseddepth' in fmt.lower().replace(' ', ''):
+        raise ImageError(f'compressed depth images ({fmt!r}) are not supported: '
+                         'subscribe to a colour image topic')
+    buf = _byte_view(msg.data)
+    if buf.size == 0:
+        raise ImageError(f'empty compressed image (format {fmt!r})')
+    size = compressed_size(buf)
+    if size is not None:
+        _check_pixels(size[0], size[1], max_pixels)
+    if _IMREAD_RGB is not None:
+        image = cv2.imdecode(buf, _IMREAD_RGB)
+    else:  # pragma: no cover - OpenCV < 4.10
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if image is not None:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        raise ImageError(f'cannot decode the compressed image (format {fmt!r}, {buf.size} '
+                         'bytes): corrupt data or a format OpenCV does not read')
+    if size is None:
+        _check_pixels(image.shape[1], image.shape[0], max_pixels)
+    return image
+
+
+def compressed_size(data) -> tuple | None:
+    """Return (width, height) from a JPEG or PNG header, None for other formats.
+
+    Raises ImageError for JPEG / PNG data that is truncated or has a broken header.
+    """
+    buf = _byte_view(data)
+    if buf[:2].tobytes() == _JPEG_SOI:
+        return _jpeg_size(memoryview(buf))
+    if buf[:8].tobytes() == _PNG_SIGNATURE:
+        return _png_size(buf)
+    return None
+
+
+def _jpeg_size(data) -> tuple:
+    """Walk the JPEG markers to the frame header; check the data ends after the scan."""
+    n = len(data)
+    i = 2
+    size = None
+    while True:
+        while i < n and data[i] == 0xFF and i + 1 < n and data[i + 1] == 0xFF:
+            i += 1  # fill bytes
+        if i + 4 > n or data[i] != 0xFF:
+            raise ImageError(f'truncated or corrupt JPEG: no valid marker at byte {i} of {n}')
+        marker = data[i + 1]
+        if marker == 0xD9:
+            raise ImageError('corrupt JPEG: end of image before any scan data')
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2  # markers without a length
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2 or i + 2 + length > n:
+            raise ImageError(f'truncated or corrupt JPEG: segment 0x{marker:02X} at byte {i} '
+                             f'runs past the end ({n} bytes)')
+        if marker in _JPEG_SOF:
+            if length < 7:
+                raise ImageError('corrupt JPEG: frame header too short')
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            if width == 0 or height == 0:
+                raise ImageError(f'corrupt JPEG: frame header says {width}x{height} pixels')
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows up to the EOI marker
+            if size is None:
+                raise ImageError('corrupt JPEG: scan data before the frame header')
+            # Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker,
+            # so the end-of-image marker can only be the real one.
+            tail = bytes(data[max(i, n - 65536):])
+            if _JPEG_EOI not in tail:
+                raise ImageError(f'truncated JPEG: no end-of-image marker after the scan data '
+                                 f'({n} bytes)')
+            return size
+        i += 2 + length
+
+
+def _png_size(buf: np.ndarray) -> tuple:
+    """Read the IHDR chunk; check that the IEND chunk is there."""
+    if buf.size < 33 or buf[12:16].tobytes() != b'IHDR':
+        raise ImageError(f'truncated or corrupt PNG: no IHDR chunk ({buf.size} bytes)')
+    width = int.from_bytes(buf[16:20].tobytes(), 'big')
+    height = int.from_bytes(buf[20:24].tobytes(), 'big')
+    if width == 0 or height == 0:
+        raise ImageError(f'corrupt PNG: header says {width}x{height} pixels')
+    if b'IEND' not in buf[-64:].tobytes():
+        raise ImageError(f'truncated PNG: no IEND chunk at the end ({buf.size} bytes)')
+    return width, height
+
+
+def _check_pixels(width: int, height: int, max_pixels) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise ImageError(f'frame of {width}x{height} = {width * height} pixels is larger than '
+                         f'max_pixels = {int(max_pixels)}')
+
+
+def _byte_view(data) -> np.ndarray:
+    """Return the message data as a flat uint8 array, without copying when it is a buffer."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if hasattr(data, '__len__') and len(data) == 0:
+        return np.empty(0, np.uint8)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):
+        pass
+    try:  # a list or tuple of ints (e.g. a message built by hand)
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ImageError(f'image data must be bytes or uint8 values, got '
+                         f'{type(data).__name__}: {e}') from None
