@@ -7,6 +7,8 @@
 import argparse
 import sys
 
+from .files import EMBEDDING_KINDS
+
 IMAGE_DEFAULTS = {'image_size': (448, 448), 'prefill_len': 320}
 VIDEO_DEFAULTS = {'image_size': (308, 308), 'prefill_len': 512}
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='video build: defaults 308x308 frames and prefill 512')
     parser.add_argument('--prefill-history', type=int, nargs='+', default=(), metavar='H',
                         help='chunked build: one prefill group per history size H')
-    parser.add_argument('--embeddings', choices=('npy', 'bf16'), default='npy',
+    parser.add_argument('--embeddings', choices=EMBEDDING_KINDS, default='npy',
                         help='float32 .npy (demo layout) or raw bf16 .bin (released layout)')
     return parser
 
@@ -51,15 +53,15 @@ def main(argv=None) -> int:
         from .exporter import ExportOptions, export_checkpoint
     except ImportError as exc:
         sys.exit(f'qwen-vl-export needs torch and onnx (pip install .[export]): {exc}')
-    options = ExportOptions(
-        image_size=args.image_size or defaults['image_size'],
-        prefill_len=args.prefill_len or defaults['prefill_len'],
-        kv_len=args.kv_len,
-        histories=tuple(args.prefill_history),
-        embeddings=args.embeddings)
     try:
+        options = ExportOptions(
+            image_size=args.image_size or defaults['image_size'],
+            prefill_len=args.prefill_len or defaults['prefill_len'],
+            kv_len=args.kv_len,
+            histories=tuple(args.prefill_history),
+            embeddings=args.embeddings)
         export_checkpoint(args.hf_dir, args.out, options)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         sys.exit(f'qwen-vl-export: {exc}')
     return 0
 

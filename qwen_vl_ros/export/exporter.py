@@ -11,7 +11,7 @@ from . import files
 from .graph_io import export_graph
 from .layer import DecoderLayerStandIn, RopeTables, example_inputs, mrope_section
 from .post import PostStandIn
-from .shapes import LAYER_INPUTS, LAYER_OUTPUTS, layer_groups, max_context
+from .shapes import LAYER_INPUTS, LAYER_OUTPUTS, LayerGroup, layer_groups, max_context
 from .vision import INPUT_NAME, OUTPUT_NAME, VisionStandIn, example_input
 
 
@@ -24,12 +24,18 @@ class ExportOptions:
     histories: tuple[int, ...] = ()           # chunk histories H_g of a chunked build
     embeddings: str = 'npy'                   # 'npy' (float32) or 'bf16' (raw .bin)
 
+    def __post_init__(self):
+        if self.embeddings not in files.EMBEDDING_KINDS:
+            raise ValueError(f'embeddings {self.embeddings!r} is not one of {files.EMBEDDING_KINDS}')
+
 
 def vision_file(height: int, width: int) -> str:
+    """File name of the vision model for H x W images."""
     return f'qwen2_5_vl_vision_{height}x{width}.onnx'
 
 
 def layer_file(prefill_len: int, layer: int, group: int) -> str:
+    """File name of shape group `group` of decoder layer `layer` in a build of prefill length P."""
     return f'qwen2_5_vl_p{prefill_len}_l{layer}_together_g{group}.onnx'
 
 
@@ -39,15 +45,22 @@ POST_FILE = 'qwen2_5_vl_post.onnx'
 def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(), log=print) -> Path:
     """Write every model and file of the stand-in directory `out_dir`; returns its path."""
     hf_dir, out = Path(hf_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation='eager')
     # Loaded weights may be bf16 (the real checkpoint): the stand-ins compute in float32.
     model = model.float().eval()
     log(f'loaded {hf_dir} in {time.perf_counter() - start:.1f} s')
+    # Check every option against the config before writing anything.
+    grid = _vision_grid(model.config.vision_config, options.image_size)
+    groups = _layer_groups(text_config(model), options)
+    preprocessor = hf_dir / 'preprocessor_config.json'
+    if not preprocessor.is_file():
+        raise FileNotFoundError(f'{hf_dir} lacks preprocessor_config.json (image mean/std)')
+    pre = json.loads(preprocessor.read_text())
 
-    _export_vision(model, hf_dir, out, options.image_size)
-    _export_layers(model, out, options)
+    out.mkdir(parents=True, exist_ok=True)
+    _export_vision(model, out, options.image_size, grid, pre['image_mean'], pre['image_std'])
+    _export_layers(model, out, options.prefill_len, groups)
     export_graph(PostStandIn(model.model.language_model.norm, model.lm_head),
                  (torch.zeros(1, 1, text_config(model).hidden_size),), out / POST_FILE,
                  ('input',), ('output',))
@@ -63,26 +76,33 @@ def text_config(model):
     return getattr(model.config, 'text_config', model.config)
 
 
-def _export_vision(model, hf_dir: Path, out: Path, image_size: tuple[int, int]) -> None:
-    vcfg = model.config.vision_config
-    unit = vcfg.patch_size * vcfg.spatial_merge_size
+def _vision_grid(vision_config, image_size: tuple[int, int]) -> tuple[int, int]:
+    """Patch grid (gh, gw) of an image size; sides must be whole merged patches (28 px)."""
+    unit = vision_config.patch_size * vision_config.spatial_merge_size
     height, width = image_size
     if height % unit or width % unit or height <= 0 or width <= 0:
         raise ValueError(f'image size {height}x{width} must be positive multiples of {unit}')
-    pre = json.loads((hf_dir / 'preprocessor_config.json').read_text())
-    gh, gw = height // vcfg.patch_size, width // vcfg.patch_size
-    wrapper = VisionStandIn(model.model.visual, gh, gw, pre['image_mean'], pre['image_std'])
-    export_graph(wrapper.eval(), (example_input(gh, gw, vcfg.temporal_patch_size, vcfg.patch_size),),
-                 out / vision_file(height, width), (INPUT_NAME,), (OUTPUT_NAME,))
+    return height // vision_config.patch_size, width // vision_config.patch_size
 
 
-def _export_layers(model, out: Path, options: ExportOptions) -> None:
-    cfg = text_config(model)
+def _layer_groups(cfg, options: ExportOptions) -> list[LayerGroup]:
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
     if 2 * sum(mrope_section(cfg)) != head_dim:
         raise ValueError(f'mrope_section {mrope_section(cfg)} does not cover head_dim {head_dim}')
-    groups = layer_groups(cfg.hidden_size, head_dim * cfg.num_key_value_heads,
-                          options.prefill_len, options.kv_len, options.histories)
+    return layer_groups(cfg.hidden_size, head_dim * cfg.num_key_value_heads,
+                        options.prefill_len, options.kv_len, options.histories)
+
+
+def _export_vision(model, out: Path, image_size: tuple[int, int], grid: tuple[int, int],
+                   image_mean: list[float], image_std: list[float]) -> None:
+    vcfg = model.config.vision_config
+    wrapper = VisionStandIn(model.model.visual, *grid, image_mean, image_std)
+    export_graph(wrapper.eval(), (example_input(*grid, vcfg.temporal_patch_size, vcfg.patch_size),),
+                 out / vision_file(*image_size), (INPUT_NAME,), (OUTPUT_NAME,))
+
+
+def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup]) -> None:
+    cfg = text_config(model)
     rotary = model.model.language_model.rotary_emb
     # Positions never exceed the token count for text and images; video temporal ids can run
     # ahead of it (group * seconds * tokens_per_second), so the tables get twice the room.
@@ -90,5 +110,5 @@ def _export_layers(model, out: Path, options: ExportOptions) -> None:
     for i, layer in enumerate(model.model.language_model.layers):
         for group in groups:
             wrapper = DecoderLayerStandIn(layer, cfg, rope, group).eval()
-            export_graph(wrapper, example_inputs(group), out / layer_file(options.prefill_len, i, group.index),
+            export_graph(wrapper, example_inputs(group), out / layer_file(prefill_len, i, group.index),
                          LAYER_INPUTS, LAYER_OUTPUTS, uint32_inputs=('indices',))

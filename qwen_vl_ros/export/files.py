@@ -8,6 +8,7 @@ import numpy as np
 
 NPY_EMBEDDINGS = 'model.embed_tokens.weight.npy'
 BF16_EMBEDDINGS = 'model.embed_tokens.weight.bfloat16.bin'
+EMBEDDING_KINDS = ('npy', 'bf16')
 
 CONFIG_FILES = ('config.json', 'generation_config.json', 'preprocessor_config.json')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',

@@ -20,6 +20,8 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path,
     with torch.no_grad(), warnings.catch_warnings():
         # Tracing bakes grid-derived values in as constants: intended, the graphs are fixed-size.
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        # The legacy exporter is chosen on purpose (opset 17, no onnxscript): not a surprise.
+        warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(module, args, str(path), input_names=list(input_names),
                           output_names=list(output_names), opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random-weight Qwen2.5-VL checkpoint and its ONNX stand-in exports.
+
+Built once per test session (a few seconds after the torch import). Tests that use them are
+skipped when torch (the optional `export` extra) is not installed.
+"""
+import os
+
+# Network rule: DDS never leaves loopback, and parallel runs do not see each other's nodes.
+# Domain ids 1..100 stay in the range that is safe on Linux (higher ids reach ephemeral ports).
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_LOCALHOST_ONLY'] = '1'
+os.environ['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 100)
+# No model hub here: anything that tries to download fails fast instead of hanging.
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_hf_dir(tmp_path_factory):
+    """Path of a tiny random-weight Qwen2.5-VL Hugging Face checkpoint (seed 0)."""
+    pytest.importorskip('torch', reason='the tiny checkpoint needs torch (pip install .[export])')
+    from qwen_vl_ros.export.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp('tiny_hf'), seed=0)
+
+
+@pytest.fixture(scope='session')
+def tiny_hf_model(tiny_hf_dir):
+    """The tiny checkpoint loaded in transformers (float32, eager attention, eval): the reference."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tiny_hf_dir, attn_implementation='eager')
+    return model.float().eval()
+
+
+@pytest.fixture(scope='session')
+def export_variant(tiny_hf_dir, tmp_path_factory):
+    """Factory: export_variant(**ExportOptions fields) -> stand-in directory, exported once per set.
+
+    e.g. export_variant(image_size=(280, 196)), export_variant(embeddings='bf16'),
+    export_variant(image_size=(112, 112), prefill_len=16, histories=(16, 32, 48)).
+    """
+    from qwen_vl_ros.export.exporter import ExportOptions, export_checkpoint
+
+    cache = {}
+
+    def export(**fields):
+        options = ExportOptions(**fields)
+        if options not in cache:
+            out = tmp_path_factory.mktemp('tiny_onnx')
+            cache[options] = export_checkpoint(tiny_hf_dir, out, options, log=lambda *_: None)
+        return cache[options]
+
+    return export
+
+
+@pytest.fixture(scope='session')
+def tiny_onnx_dir(export_variant):
+    """The default stand-in directory: 448x448 vision, single prefill 320, KV 1023, float32 .npy."""
+    return export_variant()
