@@ -16,7 +16,7 @@ import numpy as np
 
 from .decoder import DecoderStack
 from .embeddings import EmbeddingTable
-from .errors import ImageError, ModelDirError
+from .errors import ImageError, ModelDirError, PromptTooLongError
 from .model_dir import find_model_files
 from .prompt import PromptBuilder, VisionBlock, load_tokenizer
 from .runtime import select_runtime
@@ -184,6 +184,53 @@ class Pipeline:
         return self.decoder.max_prompt
 
     # -- one request ------------------------------------------------------------------------
+    def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict):
+        """Frames and prompt -> (ids, rope positions, input embeddings with vision spliced in)."""
+        cfg = self.files.config
+        dec = self.decoder
+        # frames -> patches (first: a bad frame is refused before any model runs)
+        frames = list(frames or [])
+        patches = None
+        if frames:
+            fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
+            patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
+                                        cfg.temporal_patch_size)
+        blocks = self._blocks_for(len(frames), second_per_grid_t)
+
+        # prompt -> ids and positions; refuse what cannot be prefilled
+        ids, positions = self.prompts.build(prompt, self.system_prompt, blocks)
+        dec.check_prompt(len(ids))
+        embeds = self.embeddings.lookup(ids, dec.dtype)
+        clock['preprocessed'] = time.perf_counter()
+
+        # vision features (one call per temporal group), spliced over the pad run
+        if patches is not None:
+            feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
+                     for g in range(len(patches))]
+            feats = np.concatenate(feats).reshape(-1, dec.hidden)
+            pad = cfg.image_token_id if blocks[0].kind == 'image' else cfg.video_token_id
+            where = np.flatnonzero(ids == pad)
+            if len(where) != len(feats):
+                raise ModelDirError(f'the vision model gave {len(feats)} tokens, the prompt has '
+                                    f'{len(where)} pads: model and config disagree')
+            embeds[where] = feats.astype(dec.dtype, copy=False)
+        clock['vision'] = time.perf_counter()
+        return ids, positions, embeds
+
+    def _blocks_for(self, n_frames: int, second_per_grid_t: float = 1.0) -> tuple:
+        """The prompt's vision blocks for ``n_frames`` (none, one image, or one video)."""
+        if not n_frames:
+            return ()
+        groups = -(-n_frames // self.files.config.temporal_patch_size)
+        kind = 'image' if n_frames == 1 else 'video'
+        return (VisionBlock(kind, groups, *self.grid, second_per_grid_t),)
+
+    def _step(self, token: int, slot: int, position: int) -> np.ndarray:
+        """Feed one token at cache row ``slot`` / rope ``position``; return the next logits."""
+        dec = self.decoder
+        return dec.logits(dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
+                                          position))
+
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
                  on_text=None, should_stop=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
@@ -195,58 +242,25 @@ class Pipeline:
         opts = options or GenerationOptions()
         if opts.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
-        cfg = self.files.config
         dec = self.decoder
-        t0 = time.perf_counter()
+        clock = {'start': time.perf_counter()}
+        ids, positions, embeds = self._prepare(frames, prompt, opts.second_per_grid_t, clock)
 
-        # frames -> patches (done first: a bad frame is refused before any model runs)
-        frames = list(frames or [])
-        patches = None
-        blocks: tuple = ()
-        if frames:
-            fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
-            patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
-                                        cfg.temporal_patch_size)
-            kind = 'image' if len(frames) == 1 else 'video'
-            blocks = (VisionBlock(kind, len(patches), *self.grid, opts.second_per_grid_t),)
-
-        # prompt -> ids and positions; refuse what cannot be prefilled
-        ids, positions = self.prompts.build(prompt, self.system_prompt, blocks)
-        dec.check_prompt(len(ids))
-        embeds = self.embeddings.lookup(ids, dec.dtype)
-        t_pre = time.perf_counter()
-
-        # vision features, spliced over the pad run
-        if patches is not None:
-            feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
-                     for g in range(len(patches))]
-            feats = np.concatenate(feats).reshape(-1, dec.hidden)
-            pad = cfg.image_token_id if blocks[0].kind == 'image' else cfg.video_token_id
-            where = np.flatnonzero(ids == pad)
-            if len(where) != len(feats):
-                raise ModelDirError(f'the vision model gave {len(feats)} tokens, the prompt has '
-                                    f'{len(where)} pads: model and config disagree')
-            embeds[where] = feats.astype(dec.dtype, copy=False)
-        t_vis = time.perf_counter()
-
-        # prefill -> first token
-        sampler = Sampler(opts.resolve(self.files.generation_config))
-        seen = list(ids)
+        # prefill -> first logits
+        sampler = Sampler(opts.resolve(self.files.generation_config), ids)
         logits = dec.logits(dec.prefill(embeds, positions))
         t_first = time.perf_counter()
 
-        # decode
+        # decode: slot = next cache row, position = next rope position (they differ)
         stream = TextStream(self.tokenizer)
         out: list = []
         finish = 'length'
         total = len(ids)
         dec.start_decode(total)
         position = int(positions.max()) + 1
-        steps = 0
         while True:
-            token = sampler(logits, np.asarray(seen))
+            token = sampler(logits)
             out.append(token)
-            seen.append(token)
             if token in self.eos_ids:
                 finish = 'stop'
                 break
@@ -260,19 +274,37 @@ class Pipeline:
             if should_stop is not None and should_stop():
                 finish = 'cancelled'
                 break
-            hidden = dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
-                                     position + len(out) - 1)
-            logits = dec.logits(hidden)
-            steps += 1
+            logits = self._step(token, slot, position + len(out) - 1)
         t_end = time.perf_counter()
 
+        steps = len(out) - 1  # decode steps run: the first token came from the prefill
         decode_s = t_end - t_first
+        start, pre, vis = clock['start'], clock['preprocessed'], clock['vision']
         return Result(
             text=self.tokenizer.decode(out, skip_special_tokens=True),
             token_ids=[int(t) for t in out],
             prompt_tokens=total,
             finish_reason=finish,
-            timings_ms={'preprocess': 1e3 * (t_pre - t0), 'vision': 1e3 * (t_vis - t_pre),
-                        'prefill': 1e3 * (t_first - t_vis), 'decode': 1e3 * decode_s,
-                        'time_to_first_token': 1e3 * (t_first - t0)},
+            timings_ms={'preprocess': 1e3 * (pre - start), 'vision': 1e3 * (vis - pre),
+                        'prefill': 1e3 * (t_first - vis), 'decode': 1e3 * decode_s,
+                        'time_to_first_token': 1e3 * (t_first - start)},
             tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0)
+
+    def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0):
+        """Teacher forcing: float32 logits (len(continuation), V) before each given token.
+
+        Row 0 comes from the prefill; row k from feeding continuation[k-1]. For checking the
+        pipeline against a reference, and for ranking candidate answers.
+        """
+        dec = self.decoder
+        ids, positions, embeds = self._prepare(frames, prompt, second_per_grid_t, {})
+        rows = [dec.logits(dec.prefill(embeds, positions))]
+        dec.start_decode(len(ids))
+        position = int(positions.max()) + 1
+        for k, token in enumerate(continuation[:-1]):
+            slot = len(ids) + k
+            if slot >= dec.kv_len:
+                raise PromptTooLongError(f'{len(ids)} prompt + {len(continuation)} tokens '
+                                         f'exceed the KV length {dec.kv_len}')
+            rows.append(self._step(int(token), slot, position + k))
+        return np.stack(rows)

@@ -26,16 +26,26 @@ class SamplingOptions:
 class Sampler:
     """Picks tokens; owns the random generator so a seed makes a request repeatable."""
 
-    def __init__(self, opts: SamplingOptions):
+    def __init__(self, opts: SamplingOptions, prompt_ids=()):
         self.opts = opts
         self.rng = np.random.default_rng(opts.seed)
+        # ids seen so far (prompt + output), as HF's repetition penalty counts them
+        self._seen = set(int(i) for i in prompt_ids)
+        self._seen_arr = np.fromiter(sorted(self._seen), np.int64, len(self._seen))
 
-    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
-        """Next token id from float32 logits (V,); ``seen`` = ids of prompt and output so far."""
+    def __call__(self, logits: np.ndarray) -> int:
+        """Next token id from float32 logits (V,); remembers it for the repetition penalty."""
+        token = self._pick(logits)
+        if token not in self._seen:
+            self._seen.add(token)
+            self._seen_arr = np.append(self._seen_arr, token)
+        return token
+
+    def _pick(self, logits: np.ndarray) -> int:
         o = self.opts
-        if o.repetition_penalty != 1.0 and len(seen):
+        if o.repetition_penalty != 1.0 and len(self._seen_arr):
             logits = logits.copy()
-            idx = np.unique(seen)
+            idx = self._seen_arr
             s = logits[idx]
             logits[idx] = np.where(s < 0, s * o.repetition_penalty, s / o.repetition_penalty)
         if not o.do_sample:
