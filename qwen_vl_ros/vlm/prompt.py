@@ -33,19 +33,28 @@ class VisionBlock:
 
 
 def load_tokenizer(tokenizer_dir: str):
-    """Load the HF tokenizer (and its chat template) offline from a directory."""
+    """Load the HF tokenizer offline, with the multimodal chat template.
+
+    The processor's template (chat_template.json / chat_template.jinja) wins over the one in
+    tokenizer_config.json: Qwen2.5-VL ships a text-only template there that cannot render
+    image or video content.
+    """
     from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     except Exception as e:  # transformers raises OSError/ValueError/... for broken dirs
         raise ModelDirError(f'cannot load the tokenizer from {tokenizer_dir}: {e}') from e
-    if not getattr(tok, 'chat_template', None):
-        path = os.path.join(tokenizer_dir, 'chat_template.json')
-        if not os.path.exists(path):
-            raise ModelDirError(f'{tokenizer_dir}: the tokenizer has no chat template and there '
-                                'is no chat_template.json')
-        with open(path, encoding='utf-8') as f:
+    json_path = os.path.join(tokenizer_dir, 'chat_template.json')
+    jinja_path = os.path.join(tokenizer_dir, 'chat_template.jinja')
+    if os.path.exists(json_path):
+        with open(json_path, encoding='utf-8') as f:
             tok.chat_template = json.load(f)['chat_template']
+    elif os.path.exists(jinja_path):
+        with open(jinja_path, encoding='utf-8') as f:
+            tok.chat_template = f.read()
+    elif not getattr(tok, 'chat_template', None):
+        raise ModelDirError(f'{tokenizer_dir}: no chat template (chat_template.json, '
+                            'chat_template.jinja or in tokenizer_config.json)')
     return tok
 
 
