@@ -28,8 +28,7 @@ def tiny_hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_hf_model(tiny_hf_dir):
-    """The tiny checkpoint loaded in transformers (float32, eager attention, eval): the reference."""
-    import torch
+    """Load the tiny checkpoint in transformers (float32, eager attention, eval): the reference."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -39,10 +38,10 @@ def tiny_hf_model(tiny_hf_dir):
 
 @pytest.fixture(scope='session')
 def export_variant(tiny_hf_dir, tmp_path_factory):
-    """Factory: export_variant(**ExportOptions fields) -> stand-in directory, exported once per set.
+    """Export the tiny checkpoint with given ExportOptions fields, once per set; give its dir.
 
-    e.g. export_variant(image_size=(280, 196)), export_variant(embeddings='bf16'),
-    export_variant(image_size=(112, 112), prefill_len=16, histories=(16, 32, 48)).
+    A factory: export_variant(image_size=(280, 196)), export_variant(embeddings='bf16'),
+    export_variant(image_size=(112, 112), prefill_len=16, histories=(16, 48, 80)).
     """
     from qwen_vl_ros.export.exporter import ExportOptions, export_checkpoint
 
@@ -60,5 +59,5 @@ def export_variant(tiny_hf_dir, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_onnx_dir(export_variant):
-    """The default stand-in directory: 448x448 vision, single prefill 320, KV 1023, float32 .npy."""
+    """Export the default stand-in: 448x448 vision, single prefill 320, KV 1023, float32 .npy."""
     return export_variant()

@@ -64,7 +64,7 @@ def contract_patches(frames: list[np.ndarray]) -> np.ndarray:
 
 
 def hf_pixels(frames: list[np.ndarray], model_dir) -> dict:
-    """transformers' own preprocessing (no resize) with the checkpoint's mean/std."""
+    """Preprocess as transformers does (no resize), with the checkpoint's mean/std."""
     pre = json.loads((Path(model_dir) / 'preprocessor_config.json').read_text())
     proc = Qwen2VLImageProcessor(do_resize=False, image_mean=pre['image_mean'],
                                  image_std=pre['image_std'], patch_size=14,
@@ -85,7 +85,7 @@ def hf_visual(model, pixels: dict) -> np.ndarray:
 
 
 def run_vision(model_dir, frames: list[np.ndarray]) -> np.ndarray:
-    """The exported vision model called once per temporal group, as the runtime does."""
+    """Call the exported vision model once per temporal group, as the runtime does."""
     (path,) = Path(model_dir).glob('qwen2_5_vl_vision_*.onnx')
     sess = session(path)
     patches = contract_patches(frames)
@@ -103,7 +103,8 @@ def expected_layer_signature(s: dict, group: int, rows: int, kv_len: int, histor
         idx, n, seen = (3, rows), rows, history + rows
     inputs = [('K_cache', cache, f), ('V_cache', cache, f), ('indices', idx, 'tensor(uint32)'),
               ('input', (1, n, D), f), ('mask', (1, n, seen), f)]
-    outputs = [('K_cache_out', (1, n, KV), f), ('V_cache_out', (1, n, KV), f), ('output', (1, n, D), f)]
+    outputs = [('K_cache_out', (1, n, KV), f), ('V_cache_out', (1, n, KV), f),
+               ('output', (1, n, D), f)]
     return inputs, outputs
 
 
@@ -118,7 +119,8 @@ class StandIn:
                        for i in range(self.s['layers'])]
         self.post = session(d / 'qwen2_5_vl_post.onnx')
         self.embeddings = np.load(d / 'model.embed_tokens.weight.npy')
-        shapes = {g: {a.name: a.shape for a in sess.get_inputs()} for g, sess in self.layers[0].items()}
+        shapes = {g: {a.name: a.shape for a in sess.get_inputs()}
+                  for g, sess in self.layers[0].items()}
         self.chunk = shapes[1]['indices'][1]
         self.kv_len = shapes[0]['K_cache'][1]
         self.histories = {g: shapes[g]['K_cache'][1] for g in shapes if g >= 2}
@@ -127,7 +129,7 @@ class StandIn:
         self.groups_used = []
 
     def _layers(self, group, x, indices, mask, history):
-        """Run every layer of one shape group; returns the last hidden rows and per-layer K/V rows."""
+        """Run every layer in shape group `group`; return the last hidden rows and each K/V."""
         rows = []
         for i, layer in enumerate(self.layers):
             if group == 1:  # dummy cache: still fed, onnxruntime wants every input
@@ -181,7 +183,8 @@ class StandIn:
 
 def image_prompt(tokenizer, n_image_tokens: int, question: str, answer: str):
     """Chat-templated ids of an image question (image_pad expanded) and of an answer."""
-    messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': question}]}]
+    content = [{'type': 'image'}, {'type': 'text', 'text': question}]
+    messages = [{'role': 'user', 'content': content}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     text = text.replace('<|image_pad|>', '<|image_pad|>' * n_image_tokens)
     return tokenizer(text)['input_ids'], tokenizer(answer)['input_ids']
@@ -241,7 +244,8 @@ def test_tiny_checkpoint_ids_tokenizer_and_configs(tiny_hf_dir, tmp_path):
     assert [ids(t) for t in specials] == list(range(ids(specials[0]), ids(specials[0]) + 14))
     assert ids(specials[0]) > 256 + 100  # a learned vocabulary precedes them, as in Qwen's
     assert cfg['vocab_size'] == len(tok)
-    assert (cfg['image_token_id'], cfg['video_token_id']) == (ids('<|image_pad|>'), ids('<|video_pad|>'))
+    assert (cfg['image_token_id'], cfg['video_token_id']) == \
+        (ids('<|image_pad|>'), ids('<|video_pad|>'))
     assert (cfg['vision_start_token_id'], cfg['vision_end_token_id']) == \
         (ids('<|vision_start|>'), ids('<|vision_end|>'))
     assert (cfg['bos_token_id'], cfg['eos_token_id']) == (ids('<|endoftext|>'), ids('<|im_end|>'))
@@ -285,7 +289,8 @@ def test_single_prefill_build_signatures(tiny_onnx_dir):
             path = tiny_onnx_dir / f'qwen2_5_vl_p320_l{i}_together_g{g}.onnx'
             assert signature(path) == expected_layer_signature(s, g, rows=320, kv_len=1023)
     assert signature(tiny_onnx_dir / 'qwen2_5_vl_post.onnx') == (
-        [('input', (1, 1, s['D']), 'tensor(float)')], [('output', (1, 1, s['V']), 'tensor(float)')])
+        [('input', (1, 1, s['D']), 'tensor(float)')],
+        [('output', (1, 1, s['V']), 'tensor(float)')])
     assert signature(tiny_onnx_dir / 'qwen2_5_vl_vision_448x448.onnx') == (
         [('hidden_states', (1, 1024, 392, 3), 'tensor(uint8)')],
         [('hidden_states_out', (256, s['D']), 'tensor(float)')])
@@ -306,14 +311,15 @@ def test_chunked_build_signatures(export_variant):
 
 
 def test_model_dir_files(tiny_onnx_dir, tiny_hf_dir, tiny_hf_model):
-    for name in ('config.json', 'generation_config.json', 'preprocessor_config.json', 'tokenizer.json',
-                 'tokenizer_config.json'):
+    for name in ('config.json', 'generation_config.json', 'preprocessor_config.json',
+                 'tokenizer.json', 'tokenizer_config.json'):
         assert (tiny_onnx_dir / name).read_bytes() == (tiny_hf_dir / name).read_bytes(), name
     template = json.loads((tiny_onnx_dir / 'chat_template.json').read_text())['chat_template']
     assert template == AutoTokenizer.from_pretrained(tiny_hf_dir).chat_template
     table = np.load(tiny_onnx_dir / 'model.embed_tokens.weight.npy')
     assert table.dtype == np.float32
-    np.testing.assert_array_equal(table, tiny_hf_model.get_input_embeddings().weight.detach().numpy())
+    expected = tiny_hf_model.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(table, expected)
 
 
 def test_bf16_embeddings_layout(export_variant, tiny_hf_model):
@@ -339,8 +345,9 @@ def test_vision_matches_hf(export_variant, tiny_hf_model, h, w):
 
 
 def test_image_prompt_prefill_then_decode_matches_hf(tiny_onnx_dir, tiny_hf_model):
-    runner = check_teacher_forced(tiny_onnx_dir, tiny_hf_model, random_image(448, 448, seed=1),
-                                  'Describe this image.', 'The image shows a red bus on the street.')
+    runner = check_teacher_forced(
+        tiny_onnx_dir, tiny_hf_model, random_image(448, 448, seed=1),
+        'Describe this image.', 'The image shows a red bus on the street.')
     assert runner.groups_used == [1]
 
 
@@ -364,7 +371,8 @@ def test_cli_video_build(tiny_hf_dir, tiny_hf_model, tmp_path):
     frames = [random_image(308, 308, seed=10 + i) for i in range(4)]
     ours = run_vision(out, frames)
     assert ours.shape == (2 * 121, sizes(out)['D'])
-    np.testing.assert_allclose(ours, hf_visual(tiny_hf_model, hf_pixels(frames, out)), atol=1e-4, rtol=0)
+    expected = hf_visual(tiny_hf_model, hf_pixels(frames, out))
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize('args, message', [

@@ -1,8 +1,8 @@
 """qwen-vl-export: a Hugging Face Qwen2.5-VL checkpoint -> ONNX stand-ins of the AX650N models.
 
-    qwen-vl-export --hf-dir DIR --out DIR [--image-size 448 | --image-size 280x196]
-                   [--prefill-len 320] [--kv-len 1023] [--video]
-                   [--prefill-history H1 H2 ...] [--embeddings npy|bf16]
+Usage: qwen-vl-export --hf-dir DIR --out DIR [--image-size 448 | --image-size 280x196]
+[--prefill-len 320] [--kv-len 1023] [--video] [--prefill-history H1 H2 ...]
+[--embeddings npy|bf16]
 """
 import argparse
 import sys
@@ -30,12 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='qwen-vl-export', description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--hf-dir', required=True, help='Hugging Face Qwen2.5-VL checkpoint directory')
+    parser.add_argument('--hf-dir', required=True,
+                        help='Hugging Face Qwen2.5-VL checkpoint directory')
     parser.add_argument('--out', required=True, help='output model directory')
     parser.add_argument('--image-size', type=parse_size, default=None,
-                        help='vision input size, N or HxW, multiples of 28 (default 448, video 308)')
+                        help='vision input size, N or HxW, multiples of 28 '
+                             '(default 448, video 308)')
     parser.add_argument('--prefill-len', type=int, default=None,
-                        help='prefill rows P, or chunk size C with --prefill-history (default 320, video 512)')
+                        help='prefill rows P, or chunk size C with --prefill-history '
+                             '(default 320, video 512)')
     parser.add_argument('--kv-len', type=int, default=1023, help='decode KV cache rows N')
     parser.add_argument('--video', action='store_true',
                         help='video build: defaults 308x308 frames and prefill 512')

@@ -18,6 +18,7 @@ from .vision import INPUT_NAME, OUTPUT_NAME, VisionStandIn, example_input
 @dataclass(frozen=True)
 class ExportOptions:
     """What to build: image (or video frame) size, prefill / chunk length, cache length."""
+
     image_size: tuple[int, int] = (448, 448)   # (H, W)
     prefill_len: int = 320
     kv_len: int = 1023
@@ -26,7 +27,8 @@ class ExportOptions:
 
     def __post_init__(self):
         if self.embeddings not in files.EMBEDDING_KINDS:
-            raise ValueError(f'embeddings {self.embeddings!r} is not one of {files.EMBEDDING_KINDS}')
+            raise ValueError(
+                f'embeddings {self.embeddings!r} is not one of {files.EMBEDDING_KINDS}')
 
 
 def vision_file(height: int, width: int) -> str:
@@ -42,7 +44,8 @@ def layer_file(prefill_len: int, layer: int, group: int) -> str:
 POST_FILE = 'qwen2_5_vl_post.onnx'
 
 
-def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(), log=print) -> Path:
+def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(),
+                      log=print) -> Path:
     """Write every model and file of the stand-in directory `out_dir`; returns its path."""
     hf_dir, out = Path(hf_dir), Path(out_dir)
     start = time.perf_counter()
@@ -72,7 +75,7 @@ def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(),
 
 
 def text_config(model):
-    """The language model's config (nested in transformers >= 4.52, top-level before)."""
+    """Return the language model's config (nested in transformers >= 4.52, top-level before)."""
     return getattr(model.config, 'text_config', model.config)
 
 
@@ -97,8 +100,9 @@ def _export_vision(model, out: Path, image_size: tuple[int, int], grid: tuple[in
                    image_mean: list[float], image_std: list[float]) -> None:
     vcfg = model.config.vision_config
     wrapper = VisionStandIn(model.model.visual, *grid, image_mean, image_std)
-    export_graph(wrapper.eval(), (example_input(*grid, vcfg.temporal_patch_size, vcfg.patch_size),),
-                 out / vision_file(*image_size), (INPUT_NAME,), (OUTPUT_NAME,))
+    example = example_input(*grid, vcfg.temporal_patch_size, vcfg.patch_size)
+    export_graph(wrapper.eval(), (example,), out / vision_file(*image_size),
+                 (INPUT_NAME,), (OUTPUT_NAME,))
 
 
 def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup]) -> None:
@@ -110,5 +114,6 @@ def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup])
     for i, layer in enumerate(model.model.language_model.layers):
         for group in groups:
             wrapper = DecoderLayerStandIn(layer, cfg, rope, group).eval()
-            export_graph(wrapper, example_inputs(group), out / layer_file(prefill_len, i, group.index),
-                         LAYER_INPUTS, LAYER_OUTPUTS, uint32_inputs=('indices',))
+            path = out / layer_file(prefill_len, i, group.index)
+            export_graph(wrapper, example_inputs(group), path, LAYER_INPUTS, LAYER_OUTPUTS,
+                         uint32_inputs=('indices',))

@@ -17,7 +17,7 @@ CHAT_TEMPLATE = 'chat_template.json'
 
 
 def write_embeddings(table: np.ndarray, out_dir: Path, kind: str) -> Path:
-    """Write the (V, D) table as float32 .npy (demo layout) or raw row-major bf16 (released layout)."""
+    """Write the (V, D) table as float32 .npy (demo layout) or raw bf16 rows (released layout)."""
     if kind == 'npy':
         path = out_dir / NPY_EMBEDDINGS
         np.save(path, table.astype(np.float32))
@@ -30,7 +30,7 @@ def write_embeddings(table: np.ndarray, out_dir: Path, kind: str) -> Path:
 
 
 def copy_hf_files(hf_dir: Path, out_dir: Path) -> list[str]:
-    """Copy the configs and tokenizer files present in `hf_dir`; make sure chat_template.json exists."""
+    """Copy the configs and tokenizer files of `hf_dir`; write chat_template.json if missing."""
     missing = [name for name in CONFIG_FILES if not (hf_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f'{hf_dir} lacks {", ".join(missing)}')
@@ -41,16 +41,18 @@ def copy_hf_files(hf_dir: Path, out_dir: Path) -> list[str]:
             copied.append(name)
     if CHAT_TEMPLATE not in copied:
         template = _tokenizer_chat_template(hf_dir)
-        (out_dir / CHAT_TEMPLATE).write_text(json.dumps({'chat_template': template}, indent=2) + '\n')
+        text = json.dumps({'chat_template': template}, indent=2) + '\n'
+        (out_dir / CHAT_TEMPLATE).write_text(text)
         copied.append(CHAT_TEMPLATE)
     return copied
 
 
 def _tokenizer_chat_template(hf_dir: Path) -> str:
-    """The chat template the checkpoint's tokenizer carries (jinja file or tokenizer_config.json)."""
+    """Return the chat template of the checkpoint's tokenizer (jinja file or tokenizer_config)."""
     from transformers import AutoTokenizer
 
     template = AutoTokenizer.from_pretrained(hf_dir).chat_template
     if not template:
-        raise FileNotFoundError(f'{hf_dir} has no {CHAT_TEMPLATE} and its tokenizer no chat template')
+        raise FileNotFoundError(
+            f'{hf_dir} has no {CHAT_TEMPLATE} and its tokenizer no chat template')
     return template

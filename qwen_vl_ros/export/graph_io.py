@@ -48,7 +48,7 @@ def _restore_inputs(model: onnx.ModelProto, names: tuple[str, ...], args: tuple)
 
 
 def _cast_input_from_uint32(model: onnx.ModelProto, name: str) -> None:
-    """Make input `name` uint32 and cast it to int64 (what Gather wants) as the graph's first node."""
+    """Make input `name` uint32, cast to int64 (what Gather wants) by the graph's first node."""
     graph = model.graph
     (value_info,) = [vi for vi in graph.input if vi.name == name]
     value_info.type.tensor_type.elem_type = TensorProto.UINT32

@@ -28,7 +28,7 @@ class RopeTables(nn.Module):
         self.register_buffer('sin', emb.sin() * attention_scaling, persistent=False)
 
     def forward(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices (1 or 3, S) -> cos, sin of shape (3, 1, S, head_dim), HF's mrope layout."""
+        """Look up (1 or 3, S) positions: cos, sin of shape (3, 1, S, head_dim) as HF lays them."""
         # One row (decode) = the same position on all three axes, i.e. plain rope.
         rows = indices.expand(3, -1)
         return self.cos[rows].unsqueeze(1), self.sin[rows].unsqueeze(1)
@@ -44,7 +44,8 @@ class DecoderLayerStandIn(nn.Module):
         self.history = group.history
         self.num_heads = text_config.num_attention_heads
         self.num_kv_heads = text_config.num_key_value_heads
-        self.head_dim = getattr(text_config, 'head_dim', None) or text_config.hidden_size // self.num_heads
+        self.head_dim = (getattr(text_config, 'head_dim', None)
+                         or text_config.hidden_size // self.num_heads)
         self.mrope_section = list(mrope_section(text_config))
         self.scaling = self.head_dim ** -0.5
 
@@ -84,7 +85,7 @@ class DecoderLayerStandIn(nn.Module):
 
 
 def mrope_section(text_config) -> list[int]:
-    """The t/h/w channel split of the rotary frequencies (rope_scaling in 4.x, rope_parameters in 5.x)."""
+    """Return the t/h/w split of the rotary frequencies (rope_scaling 4.x, rope_parameters 5.x)."""
     rope = getattr(text_config, 'rope_parameters', None) or text_config.rope_scaling
     return rope['mrope_section']
 

@@ -13,6 +13,7 @@ LAYER_OUTPUTS = ('K_cache_out', 'V_cache_out', 'output')
 @dataclass(frozen=True)
 class LayerGroup:
     """One shape group of a decoder-layer model."""
+
     index: int
     rows: int          # query rows per call: 1 (decode) or prefill_len
     index_rows: int    # 1 (decode: plain rope position) or 3 (mrope t/h/w rows)
@@ -44,7 +45,7 @@ class LayerGroup:
 
 def layer_groups(hidden: int, kv_dim: int, prefill_len: int, kv_len: int,
                  histories: tuple[int, ...] = ()) -> list[LayerGroup]:
-    """The shape groups of a build: decode, first prefill (chunk), then one per chunk history."""
+    """List the shape groups of a build: decode, first prefill (chunk), one per chunk history."""
     if not 0 < prefill_len <= kv_len:
         raise ValueError(f'prefill length {prefill_len} must be in 1..kv-len ({kv_len})')
     if list(histories) != sorted(set(histories)) or any(h <= 0 for h in histories):
@@ -54,7 +55,8 @@ def layer_groups(hidden: int, kv_dim: int, prefill_len: int, kv_len: int,
                          f'kv-len {kv_len}: the prompt would not fit in the cache')
     groups = [LayerGroup(0, 1, 1, kv_len, hidden, kv_dim),
               LayerGroup(1, prefill_len, 3, 0, hidden, kv_dim)]
-    groups += [LayerGroup(2 + i, prefill_len, 3, h, hidden, kv_dim) for i, h in enumerate(histories)]
+    groups += [LayerGroup(2 + i, prefill_len, 3, h, hidden, kv_dim)
+               for i, h in enumerate(histories)]
     return groups
 
 

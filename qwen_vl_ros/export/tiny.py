@@ -20,7 +20,7 @@ from .tokenizer import build_tokenizer
 WEIGHT_STD = 0.2
 NORM_GAIN_STD = 0.1
 
-# Values of Qwen2.5-VL-3B-Instruct's preprocessor_config.json; the image layout is fixed by the model.
+# Qwen2.5-VL-3B-Instruct's preprocessor_config.json; the image layout is fixed by the model.
 PREPROCESSOR_CONFIG = {
     'min_pixels': 3136,
     'max_pixels': 12845056,
@@ -101,7 +101,7 @@ def generation_config(ids: dict[str, int]) -> dict:
 
 @torch.no_grad()
 def redraw_weights(model: torch.nn.Module, seed: int) -> None:
-    """Draw every parameter anew: norm gains 1 + 0.1*N(0,1), everything else (biases too) 0.2*N(0,1)."""
+    """Draw every parameter anew: norm gains 1 + 0.1*N(0,1), all else (biases too) 0.2*N(0,1)."""
     gen = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():  # tied weights are listed once
         noise = torch.randn(param.shape, generator=gen, dtype=param.dtype)

@@ -4,7 +4,8 @@ Same pre-tokenizer regex, byte-level alphabet, decoder and special tokens (in Qw
 after the learned vocabulary) as the real tokenizer, but only a few hundred merges learned from a
 built-in English text, so a tiny test model gets a tokenizer in well under a second.
 """
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        processors, trainers)
 from transformers import PreTrainedTokenizerFast
 
 # Qwen2's pre-tokenizer split (transformers' models/qwen2/tokenization_qwen2.py).
@@ -21,7 +22,7 @@ QWEN_SPECIAL_TOKENS = (
     '<|vision_start|>', '<|vision_end|>', '<|vision_pad|>', '<|image_pad|>', '<|video_pad|>',
 )
 
-# Qwen2.5-VL-3B-Instruct's chat_template.json, embedded so that no copy of the real model is needed.
+# Qwen2.5-VL-3B-Instruct's chat_template.json, embedded: no copy of the real model is needed.
 QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -79,7 +80,7 @@ def train_tokenizer(num_merges: int = 300) -> Tokenizer:
 
 
 def build_tokenizer(num_merges: int = 300) -> PreTrainedTokenizerFast:
-    """The trained tokenizer wrapped for transformers, with Qwen's eos/pad and chat template."""
+    """Wrap the trained tokenizer for transformers, with Qwen's eos/pad and chat template."""
     return PreTrainedTokenizerFast(
         tokenizer_object=train_tokenizer(num_merges),
         eos_token='<|im_end|>', pad_token='<|endoftext|>', bos_token=None, unk_token=None,

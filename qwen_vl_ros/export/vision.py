@@ -33,5 +33,5 @@ class VisionStandIn(nn.Module):
 
 
 def example_input(grid_h: int, grid_w: int, temporal_patch: int, patch: int) -> torch.Tensor:
-    """A uint8 patch tensor of the graph's input shape."""
+    """Return a uint8 patch tensor of the graph's input shape."""
     return torch.zeros((1, grid_h * grid_w, temporal_patch * patch * patch, 3), dtype=torch.uint8)
