@@ -226,3 +226,15 @@ def test_cli_error_is_one_line(tmp_path):
          '--image', 'nope.jpg'], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert 'error' in out.stderr and 'nope.jpg' in out.stderr
+
+
+def test_text_stream_never_splits_a_utf8_character(pipe):
+    from qwen_vl_ros.vlm.streaming import TextStream
+    text = 'Robot sees 猫 and 🤖 near the door: ça va.'
+    ids = pipe.tokenizer(text, add_special_tokens=False)['input_ids']
+    assert len(ids) > len(text) / 2  # byte-level pieces: characters span several tokens
+    stream = TextStream(pipe.tokenizer)
+    pieces = [stream.push(t) for t in ids]
+    assert all('\ufffd' not in p for p in pieces)
+    assert ''.join(pieces) == text
+    assert '' in pieces  # some tokens completed no character on their own
