@@ -3,7 +3,8 @@
 #   make venv       .venv with the pinned dependencies and qwen_vl_interfaces built into it
 #   make install    venv + `pip install --no-deps .` of this package (always re-run: code changes)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
-#   make test       lint, install, then pytest with the loopback ROS environment
+#   make test       install, then lint and pytest (both run; either failing fails the target)
+#   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -32,7 +33,7 @@ INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv
 
 ROS_ENV := . $(REPO)/scripts/ros_env.sh $(VENV)
 
-.PHONY: venv install lint test interfaces clean distclean
+.PHONY: venv install lint test pytest interfaces clean distclean
 
 venv: $(VENV)/.stamp-interfaces
 
@@ -66,8 +67,17 @@ lint: $(VENV)/.stamp-deps
 	  $(PY310) scripts/syntax_check.py qwen_vl_ros test scripts launch setup.py; \
 	else echo "lint: no Python 3.10 found, syntax check skipped"; fi
 
-test: lint install
-	$(ROS_ENV) && echo "test: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
+# Lint and the tests both run, so one report shows all that is wrong; either failing fails.
+test: install
+	@status=0; \
+	$(MAKE) --no-print-directory lint || { status=$$?; lint_failed=1; }; \
+	$(MAKE) --no-print-directory pytest || status=$$?; \
+	if [ -n "$${lint_failed:-}" ]; then echo "make test: lint failed (see the ruff output above)"; fi; \
+	exit $$status
+
+# The tests alone (no lint), against the installed package.
+pytest: install
+	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
 	  cd $(REPO) && $(VPY) -m pytest test -q $(PYTEST_ARGS)
 
 clean:
