@@ -32,7 +32,7 @@ setup(
     zip_safe=True,
     maintainer='qwen_vl_ros developers',
     maintainer_email='dev@qwen-vl-ros.invalid',
-    description='Qwen2.5-VL vision-language descriptions of a camera topic, on the Axera AX650N NPU',
+    description='Qwen2.5-VL descriptions of a camera topic, on the Axera AX650N NPU',
     license='Apache-2.0',
     entry_points={
         'console_scripts': [

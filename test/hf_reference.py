@@ -81,7 +81,7 @@ def generate(hf_dir: str, frames, prompt: str, n: int, second_per_grid_t: float 
 
 
 def rope_index(hf_dir: str, feed: dict) -> np.ndarray:
-    """transformers' 3-D rope positions (3, T) for ``feed``."""
+    """Return transformers' 3-D rope positions (3, T) for ``feed``."""
     model, _ = load(hf_dir)
     pos, _ = model.model.get_rope_index(
         feed['input_ids'], feed.get('image_grid_thw'), feed.get('video_grid_thw'),

@@ -20,7 +20,7 @@ GREEDY = GenerationOptions(max_new_tokens=N, greedy=True, repetition_penalty=1.0
 
 
 def frame(h, w, seed=0):
-    """A random RGB frame (random pixels give the tiny vision tower something to see)."""
+    """Make a random RGB frame (random pixels give the tiny vision tower something to see)."""
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 

@@ -22,7 +22,7 @@ DEFAULT_PROMPT = 'Describe this image.'
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads a model."""
+    """Add the options shared by every command that loads a model."""
     p.add_argument('--model-dir', required=True, help='axmodel or exported ONNX model directory')
     p.add_argument('--tokenizer-dir', help='tokenizer directory (released layout)')
     p.add_argument('--backend', choices=BACKENDS, default='auto')
@@ -34,7 +34,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    """Sampling options; unset ones come from the model's generation_config.json."""
+    """Add sampling options; unset ones come from the model's generation_config.json."""
     p.add_argument('--prompt', default=DEFAULT_PROMPT)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--greedy', action='store_true', help='argmax decoding, no sampling')
@@ -72,7 +72,7 @@ def read_rgb(path: str):
 
 
 def result_dict(result, **extra) -> dict:
-    """The JSON form of a Result (what --json prints, and what bag annotation writes)."""
+    """Return the JSON form of a Result (what --json prints and bag annotation writes)."""
     return dict(extra, text=result.text, token_ids=result.token_ids,
                 prompt_tokens=result.prompt_tokens, generated_tokens=len(result.token_ids),
                 finish_reason=result.finish_reason,
@@ -81,7 +81,7 @@ def result_dict(result, **extra) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of qwen-vl-describe."""
+    """Build the command line of qwen-vl-describe."""
     p = argparse.ArgumentParser(prog='qwen-vl-describe', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)

@@ -159,9 +159,10 @@ class DecoderStack:
         return x
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        """Final norm + lm_head on one hidden row -> float32 logits (V,)."""
+        """Run final norm + lm_head on one hidden row -> float32 logits (V,)."""
         spec = self.post.inputs(0)[0]
-        out = self.post.run({spec.name: hidden.reshape(spec.shape).astype(spec.dtype, copy=False)})
+        feed = hidden.reshape(spec.shape).astype(spec.dtype, copy=False)
+        out = self.post.run({spec.name: feed})
         return out[0].reshape(-1).astype(np.float32)
 
 

@@ -1,8 +1,8 @@
 """Frames and a prompt in, text out: the Qwen2.5-VL axmodel pipeline from top to bottom.
 
-    model files -> runtime sessions -> frames to patches -> vision features
-    -> prompt ids and rope positions -> embeddings with the vision rows spliced in
-    -> prefill -> decode with the KV cache -> text
+model files -> runtime sessions -> frames to patches -> vision features
+-> prompt ids and rope positions -> embeddings with the vision rows spliced in
+-> prefill -> decode with the KV cache -> text
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ class Pipeline:
         return ids, positions, embeds
 
     def _blocks_for(self, n_frames: int, second_per_grid_t: float = 1.0) -> tuple:
-        """The prompt's vision blocks for ``n_frames`` (none, one image, or one video)."""
+        """Return the prompt's vision blocks for ``n_frames`` (none, one image, or one video)."""
         if not n_frames:
             return ()
         groups = -(-n_frames // self.files.config.temporal_patch_size)

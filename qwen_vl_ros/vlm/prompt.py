@@ -28,7 +28,7 @@ class VisionBlock:
     second_per_grid_t: float = 1.0  # video only: seconds one temporal group spans
 
     def tokens(self, merge: int) -> int:
-        """Number of merged vision tokens the LLM sees for this block."""
+        """Count the merged vision tokens the LLM sees for this block."""
         return self.grid_t * (self.grid_h // merge) * (self.grid_w // merge)
 
 
@@ -107,7 +107,7 @@ class PromptBuilder:
         self.cfg = cfg
 
     def text(self, prompt: str, system_prompt: str = '', blocks: tuple = ()) -> str:
-        """The chat-templated prompt text, one pad token per vision block (not yet expanded)."""
+        """Render the chat-templated prompt, one pad token per vision block (not expanded)."""
         content = [{'type': b.kind} for b in blocks] + [{'type': 'text', 'text': prompt}]
         messages = []
         if system_prompt:

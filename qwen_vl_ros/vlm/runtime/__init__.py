@@ -14,7 +14,7 @@ log = logging.getLogger('qwen_vl_ros')
 
 
 def _auto_backend(model_kind: str) -> str:
-    """axengine when it imports (and the models are axmodels), onnxruntime otherwise."""
+    """Pick axengine when it imports (and the models are axmodels), onnxruntime otherwise."""
     if model_kind == 'onnx':
         log.info('backend auto: the model directory holds ONNX models, using onnxruntime')
         return 'onnxruntime'

@@ -118,7 +118,7 @@ class LegacyAxSession(Session):
 
 
 def legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
-    """Contract shapes of a single-prefill decoder layer for the older runtime (no introspection)."""
+    """Contract shapes of a single-prefill layer, for the older runtime (no introspection)."""
     m = re.search(r'_p(\d+)_', path)
     if not m:
         raise ModelDirError(f'{path}: cannot tell the prefill length from the file name')
