@@ -19,6 +19,8 @@ from transformers import AutoTokenizer  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor  # noqa: E402
 
 from qwen_vl_ros.export import cli, tiny  # noqa: E402
+from qwen_vl_ros.export.graph_io import export_graph  # noqa: E402
+from qwen_vl_ros.export.post import PostStandIn  # noqa: E402
 
 BLOCKED = -65536.0
 # History 48 also serves the chunk at 32 (rows 32..47 zero and masked), as CONTRACT.md allows.
@@ -358,6 +360,22 @@ def test_chunked_prefill_then_decode_matches_hf(export_variant, tiny_hf_model):
         export_variant(**CHUNKED), tiny_hf_model, random_image(112, 112, seed=2),
         'Describe this image in one short sentence, please.', 'A cat sleeps on the sofa.')
     assert runner.groups_used == [1, 2, 3, 3, 4, 4]
+
+
+def test_post_matches_hf_also_with_external_weights(tiny_onnx_dir, tiny_hf_model, tmp_path):
+    # The real vision tower is over protobuf's 2 GB: its weights go to one .data file beside it.
+    lm = tiny_hf_model.model.language_model
+    x = np.random.default_rng(3).normal(size=(1, 1, sizes(tiny_onnx_dir)['D'])).astype(np.float32)
+    with torch.no_grad():
+        expected = tiny_hf_model.lm_head(lm.norm(torch.from_numpy(x))).numpy()
+    external = tmp_path / 'post.onnx'
+    export_graph(PostStandIn(lm.norm, tiny_hf_model.lm_head), (torch.from_numpy(x),), external,
+                 ('input',), ('output',), max_inline_bytes=0)
+    assert (tmp_path / 'post.onnx.data').stat().st_size > external.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['post.onnx', 'post.onnx.data']
+    for path in (tiny_onnx_dir / 'qwen2_5_vl_post.onnx', external):
+        ours = session(path).run(None, {'input': x})[0]
+        np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- the command line

@@ -2,7 +2,10 @@
 
 The legacy (TorchScript) exporter cannot declare uint32 inputs and drops inputs the graph does not
 use; the axmodel signature needs both (`indices` is uint32, group 1's dummy cache must be fed).
+Graphs over protobuf's 2 GB limit (the real vision tower in float32) keep their weights in one
+`<file>.data` beside the .onnx file.
 """
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -11,26 +14,41 @@ import torch
 from onnx import TensorProto, helper
 
 OPSET = 17
+# Weights above this many bytes go to an external data file (protobuf's limit is 2 GiB).
+MAX_INLINE_BYTES = 1 << 30
 
 
 def export_graph(module: torch.nn.Module, args: tuple, path: Path,
                  input_names: tuple[str, ...], output_names: tuple[str, ...],
-                 uint32_inputs: tuple[str, ...] = ()) -> None:
+                 uint32_inputs: tuple[str, ...] = (),
+                 max_inline_bytes: int = MAX_INLINE_BYTES) -> None:
     """Export `module(*args)` with static shapes; `uint32_inputs` are traced as int64."""
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracing bakes grid-derived values in as constants: intended, the graphs are fixed-size.
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        # The legacy exporter is chosen on purpose (opset 17, no onnxscript): not a surprise.
-        warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(module, args, str(path), input_names=list(input_names),
-                          output_names=list(output_names), opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
-    model = onnx.load(str(path))
+    path = Path(path)
+    # A large graph comes out of torch as one file per weight: let that happen in a scratch dir.
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        raw = Path(scratch) / path.name
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracing bakes grid-derived values in as constants: intended, the graphs are fixed.
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            # The legacy exporter is chosen on purpose (opset 17, no onnxscript).
+            warnings.simplefilter('ignore', DeprecationWarning)
+            torch.onnx.export(module, args, str(raw), input_names=list(input_names),
+                              output_names=list(output_names), opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        model = onnx.load(str(raw))  # with its external data, if any
     _restore_inputs(model, input_names, args)
     for name in uint32_inputs:
         _cast_input_from_uint32(model, name)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    external = _weight_bytes(model) > max_inline_bytes
+    data = path.with_name(f'{path.name}.data')
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=data.name)
+    onnx.checker.check_model(str(path))  # by path: works for external data too
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
 def _restore_inputs(model: onnx.ModelProto, names: tuple[str, ...], args: tuple) -> None:
