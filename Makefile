@@ -3,7 +3,7 @@
 #   make venv       .venv with the pinned dependencies and qwen_vl_interfaces built into it
 #   make install    venv + `pip install --no-deps .` of this package (always re-run: code changes)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
-#   make test       install, then lint and pytest (both run; either failing fails the target)
+#   make test       venv, then lint and pytest (both run; either failing fails the target)
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
@@ -23,6 +23,8 @@ PIP    := $(VPY) -m pip --disable-pip-version-check
 BUILD  := $(REPO)/build
 # Optional pytest arguments, e.g. make test PYTEST_ARGS='-k image -x'
 PYTEST_ARGS ?=
+# Per-test limit (pytest-timeout), so that a hung ROS graph cannot eat CI's 90 minutes.
+PYTEST_TIMEOUT ?= 600
 # Python 3.10 (what Ubuntu 22.04 robots run) for the syntax check; skipped when absent.
 PY310  ?= $(firstword $(wildcard /root/.pyenv/versions/3.10*/bin/python3) \
                       $(shell command -v python3.10 2>/dev/null))
@@ -39,7 +41,6 @@ venv: $(VENV)/.stamp-interfaces
 
 $(VENV)/.stamp-python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade 'pip>=23'
 	touch $@
 
 $(VENV)/.stamp-deps: scripts/requirements.txt $(VENV)/.stamp-python
@@ -68,7 +69,7 @@ lint: $(VENV)/.stamp-deps
 	else echo "lint: no Python 3.10 found, syntax check skipped"; fi
 
 # Lint and the tests both run, so one report shows all that is wrong; either failing fails.
-test: install
+test: venv
 	@status=0; \
 	$(MAKE) --no-print-directory lint || { status=$$?; lint_failed=1; }; \
 	$(MAKE) --no-print-directory pytest || status=$$?; \
@@ -78,7 +79,7 @@ test: install
 # The tests alone (no lint), against the installed package.
 pytest: install
 	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
-	  cd $(REPO) && $(VPY) -m pytest test -q $(PYTEST_ARGS)
+	  cd $(REPO) && $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache
