@@ -26,6 +26,9 @@ class ExportOptions:
     embeddings: str = 'npy'                   # 'npy' (float32) or 'bf16' (raw .bin)
 
     def __post_init__(self):
+        # Tuples, so that options given as lists still compare and hash (export caches).
+        object.__setattr__(self, 'image_size', tuple(self.image_size))
+        object.__setattr__(self, 'histories', tuple(self.histories))
         if self.embeddings not in files.EMBEDDING_KINDS:
             raise ValueError(
                 f'embeddings {self.embeddings!r} is not one of {files.EMBEDDING_KINDS}')
