@@ -14,8 +14,8 @@ export VENV
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_LOCALHOST_ONLY=1
 unset ROS_STATIC_PEERS
-# 100..199, derived from this shell's pid; QVR_ROS_DOMAIN_ID pins it (e.g. to debug by hand).
-export ROS_DOMAIN_ID="${QVR_ROS_DOMAIN_ID:-$(( $$ % 100 + 100 ))}"
+# 1..100 (ids above 101 can collide with Linux ephemeral ports), from this shell's pid; QVR_ROS_DOMAIN_ID pins it (e.g. to debug by hand).
+export ROS_DOMAIN_ID="${QVR_ROS_DOMAIN_ID:-$(( $$ % 100 + 1 ))}"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 
 # The venv is the ROS prefix: ament_index_python, get_package_share_directory, rosidl typesupport.
