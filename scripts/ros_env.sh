@@ -9,12 +9,14 @@ _qvr_repo="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 VENV="${1:-${VENV:-$_qvr_repo/.venv}}"
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 export VENV
+[ -x "$VENV/bin/python3" ] || echo "ros_env.sh: warning: no venv at $VENV (run make venv)" >&2
 
 # DDS: loopback only (Jazzy+ / Kilted name, and the older Humble name), own domain per run.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_LOCALHOST_ONLY=1
 unset ROS_STATIC_PEERS
-# 1..100 (ids above 101 can collide with Linux ephemeral ports), from this shell's pid; QVR_ROS_DOMAIN_ID pins it (e.g. to debug by hand).
+# 1..100 from this shell's pid (ids above 101 can collide with Linux ephemeral ports);
+# QVR_ROS_DOMAIN_ID pins it (e.g. to debug by hand).
 export ROS_DOMAIN_ID="${QVR_ROS_DOMAIN_ID:-$(( $$ % 100 + 1 ))}"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 

@@ -4,8 +4,10 @@
 #   scripts/with_ros_env.sh describe_node --ros-args -p model_dir:=/path
 # VENV (default <repo>/.venv) selects the venv; its bin/ goes first on PATH.
 set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+# An explicit argument: a bare `. ros_env.sh` would see this script's own arguments as $1.
 # shellcheck source=ros_env.sh
-. "$(dirname "$0")/ros_env.sh"
+. "$repo/scripts/ros_env.sh" "${VENV:-$repo/.venv}"
 export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"
 exec "$@"
