@@ -238,3 +238,16 @@ def test_text_stream_never_splits_a_utf8_character(pipe):
     assert all('\ufffd' not in p for p in pieces)
     assert ''.join(pieces) == text
     assert '' in pieces  # some tokens completed no character on their own
+
+
+def test_model_dir_error_names_the_axmodel_layout(tiny_onnx_dir, tmp_path):
+    from qwen_vl_ros.vlm.model_dir import find_model_files
+    shutil.copy(tiny_onnx_dir / 'config.json', tmp_path / 'config.json')
+    with pytest.raises(ModelDirError, match='no .axmodel or .onnx'):
+        find_model_files(str(tmp_path))
+    (tmp_path / 'qwen2_5_vl_p320_l0_together.axmodel').touch()
+    with pytest.raises(ModelDirError) as e:
+        find_model_files(str(tmp_path))
+    for missing in ('*vision*.axmodel', 'qwen2_5_vl_post.axmodel', 'qwen2_5_vl_p320_l1_together',
+                    'model.embed_tokens.weight.npy', 'tokenizer'):
+        assert missing in str(e.value)

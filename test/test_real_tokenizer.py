@@ -1,6 +1,5 @@
 """With the real Qwen2.5-VL-3B tokenizer and config: prompt ids equal transformers' processor's."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +44,3 @@ def test_prompt_ids_equal_hf_processor_for_448_image():
     start = int(np.flatnonzero(ids == cfg.image_token_id)[0])
     assert positions[:, start + 256].tolist() == [start + 16] * 3
 
-
-def test_model_dir_error_names_expected_layout(tmp_path):
-    os.symlink(REAL / 'config.json', tmp_path / 'config.json')
-    from qwen_vl_ros.vlm import ModelDirError
-    from qwen_vl_ros.vlm.model_dir import find_model_files
-    with pytest.raises(ModelDirError, match='no .axmodel or .onnx'):
-        find_model_files(str(tmp_path))
-    for i in range(36):
-        (tmp_path / f'qwen2_5_vl_p320_l{i}_together.axmodel').touch()
-    with pytest.raises(ModelDirError) as e:
-        find_model_files(str(tmp_path))
-    for missing in ('*vision*.axmodel', 'qwen2_5_vl_post.axmodel',
-                    'model.embed_tokens.weight.npy', 'tokenizer'):
-        assert missing in str(e.value)
