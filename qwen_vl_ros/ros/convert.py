@@ -1,0 +1,64 @@
+"""Core results and errors -> ROS messages and reply texts."""
+
+from __future__ import annotations
+
+from qwen_vl_interfaces.msg import Description
+from std_msgs.msg import String
+
+from ..vlm.errors import ImageError, ModelDirError, PromptTooLongError, RuntimeFailure, VLMError
+from .worker import Cancelled
+
+TIMER = 'timer'
+SERVICE = 'service'
+
+
+def description_msg(result, header, prompt: str, trigger: str,
+                    convert_ms: float = 0.0) -> Description:
+    """Build the Description of ``result``.
+
+    ``header`` is the source image's; ``convert_ms`` the time spent turning the image message
+    into an array (part of the host-side preprocessing).
+    """
+    t = result.timings_ms
+    msg = Description()
+    msg.header = header
+    msg.prompt = prompt
+    msg.text = result.text
+    msg.finish_reason = result.finish_reason
+    msg.prompt_tokens = int(result.prompt_tokens)
+    msg.generated_tokens = len(result.token_ids)
+    msg.preprocess_ms = float(convert_ms + t.get('preprocess', 0.0))
+    msg.vision_ms = float(t.get('vision', 0.0))
+    msg.time_to_first_token_ms = float(convert_ms + t.get('time_to_first_token', 0.0))
+    msg.decode_ms = float(t.get('decode', 0.0))
+    msg.tokens_per_second = float(result.tokens_per_second)
+    msg.trigger = trigger
+    return msg
+
+
+def text_msg(text: str) -> String:
+    return String(data=text)
+
+
+# error class -> (counter, reply prefix); the first match wins (subclasses first)
+_KINDS = (
+    (ImageError, 'image_errors', 'bad image'),
+    (PromptTooLongError, 'prompt_errors', 'prompt too long'),
+    (RuntimeFailure, 'runtime_errors', 'runtime error'),
+    (ModelDirError, 'runtime_errors', 'model error'),
+    (VLMError, 'runtime_errors', 'error'),
+    (Cancelled, 'cancelled', 'cancelled'),
+)
+
+
+def error_kind(error: BaseException) -> tuple[str, str]:
+    """(counter name, reason text) for an error a job raised."""
+    for cls, counter, prefix in _KINDS:
+        if isinstance(error, cls):
+            return counter, f'{prefix}: {one_line(error)}'
+    return 'internal_errors', f'internal error: {type(error).__name__}: {one_line(error)}'
+
+
+def one_line(error: BaseException | str) -> str:
+    """Return the message of ``error`` on one line."""
+    return ' '.join(str(error).split()) or type(error).__name__

@@ -1,0 +1,202 @@
+"""The node's parameters: one table with default, description, range and whether it is read-only.
+
+Every parameter is declared with a ParameterDescriptor (description, FloatingPointRange /
+IntegerRange, read_only). Read-only ones need a reload of the model or a new subscription; the
+others (prompt, period_s, the sampling parameters, max_new_tokens, max_image_age_s, max_pixels,
+request_timeout_s) take effect with the next request.
+
+Sampling parameters use sentinels that mean "what the model's generation_config.json says":
+temperature < 0, top_k < 0, top_p <= 0, repetition_penalty <= 0 (the defaults). Otherwise
+temperature 0 = greedy (argmax) and > 0 = sample with that temperature; top_k 0 = no top-k
+filter; top_p 1.0 = no nucleus filter; repetition_penalty 1.0 = no penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from ..vlm import GenerationOptions
+from ..vlm.runtime import BACKENDS
+from ..vlm.vision import RESIZE_MODES
+
+DEFAULT_PROMPT = 'Describe this image.'
+TRANSPORTS = ('raw', 'compressed')
+RELIABILITIES = ('best_effort', 'reliable')
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: name, default (its type is the parameter's type) and constraints."""
+
+    name: str
+    default: object
+    description: str
+    read_only: bool = False
+    range: tuple | None = None      # (low, high), inclusive, for int and float parameters
+    choices: tuple | None = None    # allowed values of a string parameter
+
+    def descriptor(self) -> ParameterDescriptor:
+        """Return the ParameterDescriptor this parameter is declared with."""
+        d = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.choices:
+            d.additional_constraints = 'one of: ' + ', '.join(self.choices)
+        if self.range is not None:
+            lo, hi = self.range
+            if isinstance(self.default, float):
+                d.floating_point_range = [FloatingPointRange(
+                    from_value=float(lo), to_value=float(hi), step=0.0)]
+            else:
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        return d
+
+    def check(self, value) -> str | None:
+        """Return why ``value`` is not allowed, or None."""
+        if self.choices and value not in self.choices:
+            return f'{self.name} must be one of {", ".join(self.choices)}, got {value!r}'
+        if self.range is not None:
+            lo, hi = self.range
+            if not lo <= value <= hi:
+                return f'{self.name} must be in [{lo}, {hi}], got {value!r}'
+        if self.name == 'prompt' and not str(value).strip():
+            return 'prompt must not be empty'
+        return None
+
+
+SPECS = (
+    Spec('model_dir', '',
+         'Model directory: AXERA axmodel demo / released layout, or ONNX stand-ins written by '
+         'qwen-vl-export. Required.', read_only=True),
+    Spec('tokenizer_dir', '',
+         'Tokenizer directory when it is not inside model_dir (released layout); empty = find '
+         'it in model_dir.', read_only=True),
+    Spec('backend', 'auto',
+         'Inference runtime: auto (axengine when it imports and the models are .axmodel, else '
+         'onnxruntime), axengine (AX650N NPU) or onnxruntime (ONNX stand-ins on the CPU).',
+         read_only=True, choices=BACKENDS),
+    Spec('threads', 0,
+         'onnxruntime intra-op threads per session; 0 = onnxruntime default. Ignored by axengine.',
+         read_only=True, range=(0, 256)),
+    Spec('system_prompt', '',
+         "System prompt of the chat template; empty = the template's default.", read_only=True),
+    Spec('resize', 'stretch',
+         'How frames are fitted to the vision model input: stretch (ignore the aspect ratio), '
+         'letterbox (keep it, pad) or crop (keep it, cut the centre).',
+         read_only=True, choices=RESIZE_MODES),
+    Spec('prompt', DEFAULT_PROMPT,
+         'Default prompt: used by the timer and by ~/describe requests with an empty prompt. '
+         'Changeable at run time.'),
+    Spec('period_s', 0.0,
+         'Timer mode: describe the newest frame every period_s seconds with the default prompt; '
+         '0 = off (service only). A tick while busy or without a fresh frame is skipped. '
+         'Changeable at run time.', range=(0.0, 86400.0)),
+    Spec('max_new_tokens', 128,
+         'Upper bound on generated tokens per description (a request can set its own). '
+         'Changeable at run time.', range=(1, 32768)),
+    Spec('temperature', -1.0,
+         'Sampling temperature: < 0 = the model\'s generation_config.json (its do_sample and '
+         'temperature); 0 = greedy (argmax); > 0 = sample with this temperature.',
+         range=(-1.0, 100.0)),
+    Spec('top_k', -1,
+         "Top-k filter when sampling: < 0 = the model's generation_config.json; 0 = off.",
+         range=(-1, 1000000)),
+    Spec('top_p', -1.0,
+         "Nucleus (top-p) filter when sampling: <= 0 = the model's generation_config.json; "
+         '1.0 = off.', range=(-1.0, 1.0)),
+    Spec('repetition_penalty', -1.0,
+         "Repetition penalty: <= 0 = the model's generation_config.json; 1.0 = none.",
+         range=(-1.0, 100.0)),
+    Spec('max_image_age_s', 5.0,
+         'Refuse frames whose header stamp is older than this (node clock, so use_sim_time '
+         'works for bags); 0 = no limit. A zero stamp counts from when the frame arrived.',
+         range=(0.0, 86400.0)),
+    Spec('max_pixels', 3840 * 2160,
+         'Refuse frames with more pixels than this (width x height) before converting them; '
+         '0 = no limit.', range=(0, 1 << 31)),
+    Spec('image_transport', 'raw',
+         'raw: subscribe sensor_msgs/Image on "image"; compressed: subscribe '
+         'sensor_msgs/CompressedImage on "image/compressed".',
+         read_only=True, choices=TRANSPORTS),
+    Spec('image_reliability', 'best_effort',
+         'QoS reliability of the image subscription (sensor-data QoS, depth 1): best_effort '
+         'matches every publisher; reliable matches only reliable publishers.',
+         read_only=True, choices=RELIABILITIES),
+    Spec('queue_size', 2,
+         'Requests that may wait for the inference worker; when full, ~/describe answers '
+         'at once with success=false "busy".', read_only=True, range=(1, 64)),
+    Spec('request_timeout_s', 300.0,
+         'Longest a ~/describe call waits for its answer (queue wait included) before it '
+         'answers success=false "timeout".', range=(1.0, 86400.0)),
+)
+
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A snapshot of the parameter values (attribute per parameter)."""
+
+    model_dir: str
+    tokenizer_dir: str
+    backend: str
+    threads: int
+    system_prompt: str
+    resize: str
+    prompt: str
+    period_s: float
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    max_image_age_s: float
+    max_pixels: int
+    image_transport: str
+    image_reliability: str
+    queue_size: int
+    request_timeout_s: float
+
+    def replace(self, **changes) -> Settings:
+        """Return a copy with some values changed."""
+        return Settings(**{**self.__dict__, **changes})
+
+    def generation_options(self, max_new_tokens: int = 0) -> GenerationOptions:
+        """GenerationOptions of these settings; sentinels become None (= generation_config)."""
+        t = self.temperature
+        return GenerationOptions(
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+            greedy=None if t < 0 else t == 0,
+            temperature=t if t > 0 else None,
+            top_k=self.top_k if self.top_k >= 0 else None,
+            top_p=self.top_p if self.top_p > 0 else None,
+            repetition_penalty=(self.repetition_penalty if self.repetition_penalty > 0
+                                else None))
+
+
+def declare(node) -> Settings:
+    """Declare every parameter on ``node``; return the values (ValueError if one is bad)."""
+    values = {}
+    for spec in SPECS:
+        values[spec.name] = node.declare_parameter(spec.name, spec.default,
+                                                   spec.descriptor()).value
+    problems = [p for p in (SPEC_BY_NAME[k].check(v) for k, v in values.items()) if p]
+    if not values['model_dir']:
+        problems.append('model_dir is not set (give -p model_dir:=DIR or a params file)')
+    if problems:
+        raise ValueError('; '.join(problems))
+    return Settings(**values)
+
+
+def check_changes(params) -> tuple[dict, str | None]:
+    """Validate rclpy Parameters being set: return ({name: value}, None) or ({}, reason)."""
+    changes = {}
+    for p in params:
+        spec = SPEC_BY_NAME.get(p.name)
+        if spec is None:
+            continue  # e.g. use_sim_time: rclpy handles it
+        problem = spec.check(p.value)
+        if problem:
+            return {}, problem
+        changes[p.name] = p.value
+    return changes, None
