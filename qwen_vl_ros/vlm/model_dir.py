@@ -86,6 +86,15 @@ def _read_json(path: str) -> dict:
         raise ModelDirError(f'cannot read {path}: {e}') from e
 
 
+def _first_json(dirs, name: str) -> dict:
+    """Parse the first ``name`` found in ``dirs``; {} when none has it."""
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.path.exists(path):
+            return _read_json(path)
+    return {}
+
+
 def parse_text_config(cfg: dict) -> TextConfig:
     """Read the sizes we need from a Qwen2.5-VL config.json (flat 4.x or nested 5.x form)."""
     text = dict(cfg)
@@ -198,18 +207,8 @@ def find_model_files(model_dir: str, tokenizer_dir: str | None = None) -> ModelF
             parts.append('inconsistent: ' + '; '.join(problems))
         raise ModelDirError(f'{model_dir}: ' + ' | '.join(parts) + f'. {LAYOUT_HELP}')
 
-    gen_cfg = {}
-    for d in (model_dir, tok_dir):
-        path = os.path.join(d, 'generation_config.json')
-        if os.path.exists(path):
-            gen_cfg = _read_json(path)
-            break
-    pre = {}
-    for d in (model_dir, tok_dir):
-        path = os.path.join(d, 'preprocessor_config.json')
-        if os.path.exists(path):
-            pre = _read_json(path)
-            break
+    gen_cfg = _first_json((model_dir, tok_dir), 'generation_config.json')
+    pre = _first_json((model_dir, tok_dir), 'preprocessor_config.json')
 
     return ModelFiles(
         root=model_dir,

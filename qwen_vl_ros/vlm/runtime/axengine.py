@@ -47,7 +47,22 @@ def _probe_groups(sess) -> tuple:
     return tuple(groups) or (0,)
 
 
-class AxSession(Session):
+class _SpecTableSession(Session):
+    """A session whose specs per shape group are known once at load time."""
+
+    _in: dict
+    _out: dict
+
+    def inputs(self, group: int = 0) -> list[TensorSpec]:
+        """Input specs of a shape group."""
+        return self._in[group]
+
+    def outputs(self, group: int = 0) -> list[TensorSpec]:
+        """Output specs of a shape group."""
+        return self._out[group]
+
+
+class AxSession(_SpecTableSession):
     """A model on the current pyaxengine API (shape groups, checked feeds)."""
 
     def __init__(self, path: str, providers, provider_options):
@@ -62,14 +77,6 @@ class AxSession(Session):
         self._in = {g: _specs(self._sess.get_inputs(shape_group=g)) for g in self.groups}
         self._out = {g: _specs(self._sess.get_outputs(shape_group=g)) for g in self.groups}
 
-    def inputs(self, group: int = 0) -> list[TensorSpec]:
-        """Input specs the runtime declares for a group."""
-        return self._in[group]
-
-    def outputs(self, group: int = 0) -> list[TensorSpec]:
-        """Output specs the runtime declares for a group."""
-        return self._out[group]
-
     def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
         """Run a group; pyaxengine copies inputs in and outputs out."""
         try:
@@ -78,7 +85,7 @@ class AxSession(Session):
             raise RuntimeFailure(f'axengine failed on {self.path} group {group}: {e}') from e
 
 
-class LegacyAxSession(Session):
+class LegacyAxSession(_SpecTableSession):
     """A model on the older pyaxengine API: names only, shapes from the axmodel contract."""
 
     def __init__(self, path: str, specs: dict, out_specs: dict):
@@ -95,14 +102,6 @@ class LegacyAxSession(Session):
         self._out = out_specs
         self.groups = tuple(sorted(specs))
         self._group = None
-
-    def inputs(self, group: int = 0) -> list[TensorSpec]:
-        """Input specs derived from the contract."""
-        return self._in[group]
-
-    def outputs(self, group: int = 0) -> list[TensorSpec]:
-        """Output specs derived from the contract."""
-        return self._out[group]
 
     def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
         """Select the group's runtime context (only when it changes) and run."""
