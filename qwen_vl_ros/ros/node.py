@@ -364,7 +364,10 @@ def main(args=None) -> int:
         try:
             node = DescribeNode()
         except (ValueError, ParameterException) as e:
-            print(f'[describe_node] bad parameters: {one_line(e)}', file=sys.stderr, flush=True)
+            hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
+                    if "expecting type 'DOUBLE'" in str(e) else '')
+            print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
+                  flush=True)
             return 2
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
