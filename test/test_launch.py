@@ -30,7 +30,7 @@ def _constants(tree: ast.Module) -> dict:
 
 
 def _value(node, constants):
-    """A literal, or a module constant by name."""
+    """Evaluate a literal, or look up a module constant by name."""
     if isinstance(node, ast.Name):
         return constants[node.id]
     return ast.literal_eval(node)
