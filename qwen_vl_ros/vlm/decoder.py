@@ -76,8 +76,14 @@ class DecoderStack:
         self.index_dtype = spec['indices'].dtype
         self.chunk = self.prefill_groups[0].chunk
         self.max_prompt = min(self.prefill_groups[-1].history + self.chunk, self.kv_len)
-        self.k_cache = [np.zeros((1, self.kv_len, self.kv_dim), self.cache_dtype) for _ in layers]
-        self.v_cache = [np.zeros((1, self.kv_len, self.kv_dim), self.cache_dtype) for _ in layers]
+        # The KV cache: inside each layer session's own input buffers when its runtime offers
+        # that (pyaxengine: one row written per step instead of the whole cache fed per step),
+        # else host arrays fed to run().
+        kv = [layer.kv_cache(self.decode_group) for layer in layers]
+        self.kv = kv if all(k is not None for k in kv) else None
+        shape, n = (1, self.kv_len, self.kv_dim), 0 if self.kv else len(layers)
+        self.k_cache = [np.zeros(shape, self.cache_dtype) for _ in range(n)]
+        self.v_cache = [np.zeros(shape, self.cache_dtype) for _ in range(n)]
         # The first chunk's K/V inputs are dummies of whatever shape the model declares.
         g1 = self.prefill_groups[0].group
         self._dummy_k = first.input('K_cache', g1).zeros()
@@ -121,16 +127,15 @@ class DecoderStack:
             idx = np.zeros((3, c), self.index_dtype)
             idx[:, :real] = positions[:, h:h + real]
             mask = self._chunk_mask(pg, h, real)
-            for i, layer in enumerate(self.layers):
+            for i in range(len(self.layers)):
+                feed = {'indices': idx, 'input': x, 'mask': mask}
                 if pg.history == 0:
-                    k_in, v_in = self._dummy_k, self._dummy_v
-                else:  # a prefix of the host cache: a view, no copy
-                    k_in, v_in = self.k_cache[i][:, :pg.history], self.v_cache[i][:, :pg.history]
-                k_out, v_out, x = layer.run(
-                    {'K_cache': k_in, 'V_cache': v_in, 'indices': idx, 'input': x,
-                     'mask': mask}, pg.group)
-                self.k_cache[i][0, h:h + real] = k_out[0, :real]
-                self.v_cache[i][0, h:h + real] = v_out[0, :real]
+                    feed['K_cache'], feed['V_cache'] = self._dummy_k, self._dummy_v
+                elif self.kv is None:  # a prefix of the host cache: a view, no copy
+                    feed['K_cache'] = self.k_cache[i][:, :pg.history]
+                    feed['V_cache'] = self.v_cache[i][:, :pg.history]
+                k_out, v_out, x = self._run(i, feed, pg.group)
+                self._store(i, h, k_out[0, :real], v_out[0, :real])
             last = x[:, real - 1:real]
         return last
 
@@ -148,15 +153,30 @@ class DecoderStack:
         x = embed.reshape(1, 1, self.hidden)
         feed = {'indices': self._decode_index, 'mask': self._decode_mask}
         g = self.decode_group
-        for i, layer in enumerate(self.layers):
-            feed['K_cache'] = self.k_cache[i]
-            feed['V_cache'] = self.v_cache[i]
+        for i in range(len(self.layers)):
+            if self.kv is None:
+                feed['K_cache'] = self.k_cache[i]
+                feed['V_cache'] = self.v_cache[i]
             feed['input'] = x
-            k_out, v_out, x = layer.run(feed, g)
-            self.k_cache[i][0, slot] = k_out[0, 0]
-            self.v_cache[i][0, slot] = v_out[0, 0]
+            k_out, v_out, x = self._run(i, feed, g)
+            self._store(i, slot, k_out[0], v_out[0])
         self._decode_mask[0, 0, slot] = 0
         return x
+
+    # -- the two places that differ between a host cache and an in-buffer one -------------------
+    def _run(self, i: int, feed: dict, group: int) -> list:
+        """Run layer i; an in-buffer cache supplies K_cache/V_cache when the feed has none."""
+        if self.kv is not None:
+            return self.kv[i].run(feed, group)
+        return self.layers[i].run(feed, group)
+
+    def _store(self, i: int, row: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Write rows [row, row + len(k)) of layer i's cache."""
+        if self.kv is not None:
+            self.kv[i].write(row, k, v)
+        else:
+            self.k_cache[i][0, row:row + len(k)] = k
+            self.v_cache[i][0, row:row + len(v)] = v
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """Run final norm + lm_head on one hidden row -> float32 logits (V,)."""

@@ -77,6 +77,11 @@ class AxSession(_SpecTableSession):
         self._in = {g: _specs(self._sess.get_inputs(shape_group=g)) for g in self.groups}
         self._out = {g: _specs(self._sess.get_outputs(shape_group=g)) for g in self.groups}
 
+    def kv_cache(self, decode_group: int):
+        """Return the KV cache inside this session's own input buffers (None if not possible)."""
+        from .axengine_kv import InBufferKV
+        return InBufferKV.attach(self._sess, decode_group)
+
     def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
         """Run a group; pyaxengine copies inputs in and outputs out."""
         try:
@@ -95,7 +100,9 @@ class LegacyAxSession(_SpecTableSession):
             self._sess = axengine.InferenceSession.load_from_model(path)
         except Exception as e:
             raise ModelDirError(f'axengine cannot load {path}: {e}') from e
-        names = [n if isinstance(n, str) else n.name for n in self._sess.get_inputs()]
+        # The demo's wheel has get_input_names(); another old wheel has get_inputs() -> names.
+        get_names = getattr(self._sess, 'get_input_names', None) or self._sess.get_inputs
+        names = [n if isinstance(n, str) else n.name for n in get_names()]
         # The contract's input order; the runtime's own names win where it reports them.
         self._in = {g: [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, specs[g])]
                     if len(names) == len(specs[g]) else specs[g] for g in specs}

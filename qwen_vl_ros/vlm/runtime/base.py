@@ -43,6 +43,14 @@ class Session:
         """Run one shape group on ``feed`` (name -> array of exactly the declared shape/dtype)."""
         raise NotImplementedError
 
+    def kv_cache(self, decode_group: int):
+        """Return a decoder layer's KV cache kept in the runtime's own buffers, or None.
+
+        None (the default) means the decoder keeps the cache in host arrays and feeds it to
+        ``run``; see runtime/axengine_kv.py for the object a runtime may return instead.
+        """
+        return None
+
     def input(self, name: str, group: int = 0) -> TensorSpec:
         """Spec of one named input."""
         for spec in self.inputs(group):

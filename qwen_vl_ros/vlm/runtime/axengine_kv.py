@@ -1,0 +1,199 @@
+"""The KV cache inside pyaxengine's own input buffers: one row written per layer per token.
+
+Why: pyaxengine's ``run`` memmoves every fed input into the session's persistent CMM input
+buffer and flushes the WHOLE buffer (``AX_SYS_MflushCache`` over ``nSize``, sized to the largest
+shape group), then invalidates and copies every output buffer whole. Feeding the (1, 1023, 256)
+bf16 K and V caches of 36 layers that way moves ~37 MB and flushes ~90 MB per token. AXERA's C++
+runtime keeps the cache in the decode group's input buffers instead and writes one 256-wide row
+per layer per step; this module does the same from Python.
+
+What it uses of pyaxengine (axengine/_axe.py, AXEngineSession, on-board NPU provider):
+
+- ``sess._sess``: the provider session behind ``InferenceSession``;
+- ``_io``: the cffi ``AX_ENGINE_IO_T *`` whose ``pInputs[i]`` / ``pOutputs[i]`` hold
+  ``phyAddr``, ``pVirAddr`` and ``nSize`` of ONE persistent buffer per input / output index,
+  shared by all shape groups (sized to the largest);
+- ``_handle``, ``_context``, ``_shape_count``, ``get_inputs(g)``, ``get_outputs(g)``;
+- the module globals ``engine_cffi`` (``buffer``, ``cast``), ``sys_lib``
+  (``AX_SYS_MflushCache``, ``AX_SYS_MinvalidateCache``) and ``engine_lib``
+  (``AX_ENGINE_RunGroupIOSync``, or ``AX_ENGINE_RunSyncV2`` for a one-group model).
+
+Layout fact it relies on: every prefill group's ``K_cache`` (1, H_g, kv) is a row prefix of the
+decode group's (1, L, kv) in the same buffer, so one buffer holds the cache for decode and for
+chunked prefill alike (a group whose ``K_cache`` is not such a prefix, e.g. the first chunk's
+dummy, gets it fed like any other input). Inputs are written at offset 0 and only their own bytes
+flushed; outputs are invalidated over their own bytes only.
+
+Anything else (the M.2 card's AXCLRT provider, the older ``load_from_model`` wheel, a pyaxengine
+whose internals differ) gets no in-buffer cache: ``attach`` returns None, with the reason in the
+log, and the decoder keeps its host arrays and the plain ``run``. ``QWEN_VL_KV_IN_BUFFER=0``
+turns the path off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+
+from ..errors import RuntimeFailure
+
+log = logging.getLogger('qwen_vl_ros')
+ENV_SWITCH = 'QWEN_VL_KV_IN_BUFFER'
+CACHE_LINE = 64  # flush / invalidate whole cache lines (Cortex-A55)
+
+
+def enabled() -> bool:
+    """Return False when the environment turns the in-buffer cache off."""
+    return os.environ.get(ENV_SWITCH, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
+def _native(sess):
+    """Return (provider session, ffi, engine lib, sys lib) of a pyaxengine session, or why not."""
+    inner = getattr(sess, '_sess', sess)
+    module = sys.modules.get(type(inner).__module__)
+
+    def find(attr, name):  # instance attribute (older releases) or module global (current)
+        return getattr(inner, attr, None) or getattr(module, name, None)
+
+    ffi = find('_engine_ffi', 'engine_cffi')
+    elib = find('_engine_lib', 'engine_lib')
+    slib = find('_sys_lib', 'sys_lib')
+    missing = [n for n in ('_io', '_handle', '_context', '_shape_count', 'get_inputs',
+                           'get_outputs') if not hasattr(inner, n)]
+    if missing or ffi is None or elib is None or slib is None:
+        return f'{type(inner).__name__} lacks {missing or "engine_cffi/engine_lib/sys_lib"}'
+    for lib, name in ((slib, 'AX_SYS_MflushCache'), (slib, 'AX_SYS_MinvalidateCache'),
+                      (elib, 'AX_ENGINE_RunGroupIOSync' if inner._shape_count > 1
+                       else 'AX_ENGINE_RunSyncV2')):
+        if getattr(lib, name, None) is None:
+            return f'the runtime library has no {name}'
+    return inner, ffi, elib, slib
+
+
+class _Buffer:
+    """One persistent CMM buffer of the session: a writable numpy view plus its addresses."""
+
+    __slots__ = ('phy', 'vir', 'size', 'view')
+
+    def __init__(self, ffi, buf):
+        self.phy = int(buf.phyAddr)
+        self.vir = int(ffi.cast('uintptr_t', buf.pVirAddr))
+        self.size = int(buf.nSize)
+        self.view = np.frombuffer(ffi.buffer(buf.pVirAddr, self.size), np.uint8)
+
+
+class InBufferKV:
+    """One decoder layer's K/V cache, kept in its session's ``K_cache``/``V_cache`` buffers.
+
+    ``run(feed, group)`` runs a shape group with ``K_cache``/``V_cache`` taken from the buffers
+    when the feed leaves them out (they must be fed for a group whose cache input is not a
+    prefix, i.e. the first chunk's dummy); ``write(row, k, v)`` stores rows
+    [row, row + len(k)) of the cache. Outputs come back as copies, like ``run``.
+    """
+
+    def __init__(self, inner, ffi, elib, slib, decode_group: int):
+        self._ffi, self._slib = ffi, slib
+        self._handle, self._context, self._io = inner._handle, inner._context, inner._io
+        self._multi = inner._shape_count > 1
+        self._run_fn = elib.AX_ENGINE_RunGroupIOSync if self._multi else elib.AX_ENGINE_RunSyncV2
+        groups = range(inner._shape_count)
+        ins = {g: list(inner.get_inputs(g)) for g in groups}
+        outs = {g: list(inner.get_outputs(g)) for g in groups}
+        names = [a.name for a in ins[decode_group]]
+        if any([a.name for a in ins[g]] != names for g in groups):
+            raise ValueError('shape groups order their inputs differently')
+        io = self._io[0]
+        if io.nInputSize != len(names) or io.nOutputSize != len(outs[decode_group]):
+            raise ValueError('the IO struct does not match the inputs / outputs')
+        self._in = [_Buffer(ffi, io.pInputs[i]) for i in range(len(names))]
+        self._out = [_Buffer(ffi, io.pOutputs[i]) for i in range(io.nOutputSize)]
+        k_at, v_at = names.index('K_cache'), names.index('V_cache')
+        dec = ins[decode_group][k_at]
+        _, self.length, self.width = (int(s) for s in dec.shape)
+        self.dtype = np.dtype(dec.dtype)
+        self.row_bytes = self.width * self.dtype.itemsize
+        for at in (k_at, v_at):
+            if self._in[at].size < self.length * self.row_bytes:
+                raise ValueError('a cache buffer is smaller than the decode group cache')
+        self._k = self._rows(self._in[k_at])
+        self._v = self._rows(self._in[v_at])
+        self._k_at, self._v_at = k_at, v_at
+        self._groups = {}
+        for g in groups:
+            k = ins[g][k_at]
+            prefix = (len(k.shape) == 3 and tuple(k.shape[::2]) == (1, self.width)
+                      and k.shape[1] <= self.length and np.dtype(k.dtype) == self.dtype)
+            specs = {a.name: (i, tuple(int(s) for s in a.shape), np.dtype(a.dtype))
+                     for i, a in enumerate(ins[g])}
+            out = [(i, tuple(int(s) for s in a.shape), np.dtype(a.dtype))
+                   for i, a in enumerate(outs[g])]
+            self._groups[g] = (specs, out, prefix)
+
+    def _rows(self, buf: _Buffer) -> np.ndarray:
+        return buf.view[:self.length * self.row_bytes].view(self.dtype).reshape(
+            self.length, self.width)
+
+    @classmethod
+    def attach(cls, session, decode_group: int) -> InBufferKV | None:
+        """Return the in-buffer cache of a pyaxengine session, or None to use host arrays."""
+        if not enabled():
+            return None
+        native = _native(session)
+        if isinstance(native, str):
+            log.info('KV cache on the host (whole caches fed per step): %s', native)
+            return None
+        try:
+            return cls(*native, decode_group)
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
+            log.info('KV cache on the host (whole caches fed per step): %s', e)
+            return None
+
+    # -- cache maintenance --------------------------------------------------------------------
+    def _sync(self, fn, buf: _Buffer, start: int, size: int) -> None:
+        """Flush or invalidate [start, start+size) of ``buf``, widened to whole cache lines."""
+        lo = start - start % CACHE_LINE
+        hi = min(buf.size, -(-(start + size) // CACHE_LINE) * CACHE_LINE)
+        if fn(buf.phy + lo, self._ffi.cast('void *', buf.vir + lo), hi - lo) != 0:
+            raise RuntimeFailure(f'cache maintenance failed on 0x{buf.phy + lo:x}+{hi - lo}')
+
+    def write(self, row: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store cache rows [row, row + len(k)) of K and V (each (n, width)) and flush them."""
+        n = len(k)
+        self._k[row:row + n] = k
+        self._v[row:row + n] = v
+        flush = self._slib.AX_SYS_MflushCache
+        self._sync(flush, self._in[self._k_at], row * self.row_bytes, n * self.row_bytes)
+        self._sync(flush, self._in[self._v_at], row * self.row_bytes, n * self.row_bytes)
+
+    def run(self, feed: dict, group: int) -> list:
+        """Run ``group``: fed inputs copied in (their bytes flushed), the cache left in place."""
+        specs, outs, prefix = self._groups[group]
+        flush = self._slib.AX_SYS_MflushCache
+        for name, arr in feed.items():
+            i, shape, dtype = specs[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise RuntimeFailure(f'input {name} of group {group} must be {shape} {dtype}, '
+                                     f'got {arr.shape} {arr.dtype}')
+            buf = self._in[i]
+            buf.view[:arr.nbytes] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+            self._sync(flush, buf, 0, arr.nbytes)
+        if len(feed) != len(specs) and not (
+                prefix and set(specs) - set(feed) <= {'K_cache', 'V_cache'}):
+            raise RuntimeFailure(f'group {group} needs inputs {sorted(set(specs) - set(feed))}')
+        if self._multi:
+            ret = self._run_fn(self._handle[0], self._context[0], group, self._io)
+        else:
+            ret = self._run_fn(self._handle[0], self._context[0], self._io)
+        if ret != 0:
+            raise RuntimeFailure(f'the NPU run of group {group} failed ({ret})')
+        invalidate = self._slib.AX_SYS_MinvalidateCache
+        result = []
+        for i, shape, dtype in outs:
+            buf = self._out[i]
+            n = int(np.prod(shape)) * dtype.itemsize
+            self._sync(invalidate, buf, 0, n)
+            result.append(buf.view[:n].view(dtype).reshape(shape).copy())
+        return result

@@ -1,0 +1,92 @@
+r"""Pack ONNX stand-ins into emulated .axmodel files that the emulated ``axengine`` loads.
+
+A real .axmodel holds every shape group of a model in one file. The ONNX stand-in layout has one
+file per group (``*_g{g}.onnx``), so one emulated .axmodel is a small container of them:
+
+    b'AXEMU\\x01\\n' | uint64 LE header length | JSON header | the ONNX files, concatenated
+
+    header = {"groups": [{"onnx": [offset, length],
+                          "inputs":  [{"name", "shape", "dtype"}, ...],
+                          "outputs": [{"name", "shape", "dtype"}, ...]}, ...]}   # group g at [g]
+
+The tensors list what the compiled model declares, in graph order: every float tensor is
+declared ``bfloat16`` (the NPU's I/O type) except those named in ``keep_float32`` (the vision
+encoder's output is float32 on the board); integer tensors keep their ONNX type. The emulated
+engine converts at its boundary (bf16 <-> the graph's float32).
+
+``pack_model_dir(onnx_dir, out_dir)`` turns a whole stand-in directory into the axmodel layout:
+vision, post and one container per decoder layer; every other file (configs, tokenizer,
+embedding table) is symlinked, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+MAGIC = b'AXEMU\x01\n'
+VISION_FLOAT32_OUTPUTS = ('hidden_states_out',)
+_LAYER = re.compile(r'^(.*_l\d+_together)_g(\d+)\.onnx$')
+_ONNX_TYPES = {1: 'float32', 2: 'uint8', 3: 'int8', 4: 'uint16', 5: 'int16', 6: 'int32',
+               12: 'uint32', 16: 'bfloat16'}
+
+
+def _tensors(values, keep_float32) -> list:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dtype = _ONNX_TYPES[t.elem_type]
+        if dtype == 'float32' and v.name not in keep_float32:
+            dtype = 'bfloat16'
+        out.append({'name': v.name, 'shape': [d.dim_value for d in t.shape.dim],
+                    'dtype': dtype})
+    return out
+
+
+def pack(onnx_files: list, out_path, keep_float32=()) -> Path:
+    """Write one emulated .axmodel holding ``onnx_files`` as shape groups 0, 1, ..."""
+    import onnx
+    groups, blobs, offset = [], [], 0
+    for path in onnx_files:
+        data = Path(path).read_bytes()
+        model = onnx.load_model_from_string(data)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise ValueError(f'{path}: external-data ONNX files cannot be packed')
+        groups.append({'onnx': [offset, len(data)],
+                       'inputs': _tensors(model.graph.input, keep_float32),
+                       'outputs': _tensors(model.graph.output, keep_float32)})
+        blobs.append(data)
+        offset += len(data)
+    header = json.dumps({'groups': groups}).encode()
+    out_path = Path(out_path)
+    with open(out_path, 'wb') as f:
+        f.write(MAGIC + struct.pack('<Q', len(header)) + header)
+        for blob in blobs:
+            f.write(blob)
+    return out_path
+
+
+def pack_model_dir(onnx_dir, out_dir) -> Path:
+    """ONNX stand-in directory -> emulated axmodel directory (containers + symlinks)."""
+    src, out = Path(onnx_dir).resolve(), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers: dict[str, dict[int, Path]] = {}
+    for p in sorted(src.iterdir()):
+        m = _LAYER.match(p.name)
+        if m:
+            layers.setdefault(m.group(1), {})[int(m.group(2))] = p
+        elif p.suffix == '.onnx':
+            keep = VISION_FLOAT32_OUTPUTS if 'vision' in p.name else ()
+            pack([p], out / (p.stem + '.axmodel'), keep)
+        elif not p.name.endswith('.onnx.data'):
+            link = out / p.name
+            if not link.exists():
+                os.symlink(p, link)
+    for stem, groups in layers.items():
+        if sorted(groups) != list(range(len(groups))):
+            raise ValueError(f'{stem}: shape groups {sorted(groups)} are not 0..n-1')
+        pack([groups[g] for g in sorted(groups)], out / f'{stem}.axmodel')
+    return out
