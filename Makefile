@@ -5,6 +5,8 @@
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
 #   make test       venv, then lint and pytest (both run; either failing fails the target)
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
+#   make demo       install, then the node on a synthetic camera recording (MODEL_DIR=DIR: a real
+#                   model; default: a tiny random-weight model exported once into demo_out/)
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -35,7 +37,7 @@ INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv
 
 ROS_ENV := . $(REPO)/scripts/ros_env.sh $(VENV)
 
-.PHONY: venv install lint test pytest interfaces clean distclean
+.PHONY: venv install lint test pytest demo interfaces clean distclean
 
 venv: $(VENV)/.stamp-interfaces
 
@@ -80,6 +82,13 @@ test: venv
 pytest: install
 	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
 	  cd $(REPO) && $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+
+# The main job end to end (scripts/demo.py): model, recording, node in timer mode fed by
+# qwen-vl-replay, service calls; prints every description with its source stamp and timings.
+MODEL_DIR ?=
+demo: install
+	$(ROS_ENV) && cd $(REPO) && $(VPY) scripts/demo.py --out $(REPO)/demo_out \
+	  $(if $(MODEL_DIR),--model-dir '$(MODEL_DIR)')
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache
