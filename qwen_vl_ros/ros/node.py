@@ -59,6 +59,9 @@ class DescribeNode(Node):
         self._lock = threading.Lock()
         self._warned: dict = {}
         self.frames = FrameStore(compressed=s.image_transport == 'compressed')
+        self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
+                                      on_load_failed=self._on_load_failed,
+                                      on_job_error=self._on_job_error)
 
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
@@ -78,7 +81,9 @@ class DescribeNode(Node):
         # instead of being dropped by the middleware's default depth of 10.
         self._service = self.create_service(
             Describe, '~/describe', self._on_describe,
-            qos_profile=QoSProfile(depth=SERVICE_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
+            qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
+                                   reliability=ReliabilityPolicy.RELIABLE,
+                                   durability=DurabilityPolicy.VOLATILE),
             callback_group=ReentrantCallbackGroup())
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._timer = None
@@ -86,9 +91,6 @@ class DescribeNode(Node):
         self.create_timer(1.0, self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
 
-        self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
-                                      on_load_failed=self._on_load_failed,
-                                      on_job_error=self._on_job_error)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._log_bridge = _RosLogHandler(self.get_logger())
         core_log = logging.getLogger('qwen_vl_ros')
@@ -209,8 +211,8 @@ class DescribeNode(Node):
         if stale:
             self.frames.mark_described(source)
             n = self.counters.inc('timer_skipped_stale')
-            self.get_logger().warn(f'timer: {stale}; tick skipped ({n} so far)',
-                                   throttle_duration_sec=THROTTLE_S)
+            _warning(self.get_logger())(f'timer: {stale}; tick skipped ({n} so far)',
+                                        throttle_duration_sec=THROTTLE_S)
             return
         s = self.settings
         job = self._job(source, s.prompt, s, 0, TIMER)
@@ -275,7 +277,7 @@ class DescribeNode(Node):
             frame = source.to_rgb(max_pixels)
             convert_ms = 1e3 * (time.perf_counter() - t0)
             result = pipeline.describe([frame], prompt, options, should_stop=should_stop)
-            if result.finish_reason == 'cancelled':
+            if result.finish_reason == 'cancelled' or should_stop():
                 raise Cancelled('generation cancelled (shut-down or time-out)')
             msg = description_msg(result, source.header, prompt, trigger, convert_ms)
             self._pub_text.publish(text_msg(msg.text))
@@ -312,7 +314,7 @@ class DescribeNode(Node):
             if now - self._warned.get(key, -THROTTLE_S) < THROTTLE_S:
                 return
             self._warned[key] = now
-        self.get_logger().warn(text)
+        _warning(self.get_logger())(text)
 
     def _on_job_error(self, job: Job, error: BaseException) -> None:
         self.get_logger().error(f'error while finishing a request: {one_line(error)}')
@@ -323,6 +325,11 @@ class DescribeNode(Node):
                                    self.settings.backend, self.worker.state,
                                    self.worker.pending, self.get_clock().now().to_msg())
         self._pub_diag.publish(arr)
+
+
+def _warning(logger):
+    """Return the logger's warning method: ``warning`` (Kilted deprecates ``warn``)."""
+    return getattr(logger, 'warning', None) or logger.warn
 
 
 def _refuse(response, message: str):
@@ -343,7 +350,7 @@ class _RosLogHandler(logging.Handler):
         if record.levelno >= logging.ERROR:
             self._logger.error(text)
         elif record.levelno >= logging.WARNING:
-            self._logger.warn(text)
+            _warning(self._logger)(text)
         elif record.levelno >= logging.INFO:
             self._logger.info(text)
         else:
