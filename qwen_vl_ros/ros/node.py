@@ -260,6 +260,11 @@ class DescribeNode(Node):
         response.description = job.result
         return response
 
+    @property
+    def _diag_name(self) -> str:
+        ns = self.get_namespace().rstrip('/')
+        return f'{ns}/{self.get_name()}'
+
     def _service_name(self) -> str:
         name = getattr(self._service, 'service_name', None) or getattr(
             self._service, 'srv_name', '~/describe')
@@ -321,7 +326,7 @@ class DescribeNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        arr = self.counters.status(f'{self.get_fully_qualified_name()}: describe',
+        arr = self.counters.status(f'{self._diag_name}: describe',
                                    self.settings.backend, self.worker.state,
                                    self.worker.pending, self.get_clock().now().to_msg())
         self._pub_diag.publish(arr)
