@@ -9,6 +9,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 COUNTERS = (
     'frames_received',          # messages on the image topic
     'descriptions',             # descriptions published
+    'timer_ticks',              # timer callbacks; each ends as one timer_skipped_* or one job
     'timer_skipped_busy',       # timer ticks while a description was being generated / queued
     'timer_skipped_no_frame',   # timer ticks without a new frame since the last description
     'timer_skipped_stale',      # timer ticks whose newest frame was older than max_image_age_s

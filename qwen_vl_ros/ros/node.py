@@ -58,6 +58,7 @@ class DescribeNode(Node):
         self.counters = Counters()
         self._lock = threading.Lock()
         self._warned: dict = {}
+        self._closing = threading.Event()
         self.frames = FrameStore(compressed=s.image_transport == 'compressed')
         self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
                                       on_load_failed=self._on_load_failed,
@@ -132,6 +133,7 @@ class DescribeNode(Node):
 
     def close(self) -> bool:
         """Stop the worker (cancels the running generation); True when its thread has ended."""
+        self._closing.set()
         ended = self.worker.stop(timeout=1.0)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
@@ -193,6 +195,7 @@ class DescribeNode(Node):
 
     # -- timer --------------------------------------------------------------------------------
     def _on_tick(self) -> None:
+        self.counters.inc('timer_ticks')
         if self.worker.state != 'ready':
             self.counters.inc('timer_skipped_loading')
             return
@@ -249,10 +252,17 @@ class DescribeNode(Node):
             return _refuse(response, str(r))
         if source.from_topic:
             self.frames.mark_described(source)
-        if not job.done.wait(s.request_timeout_s):
-            job.cancel()
-            return _refuse(response, f'timeout: no answer within request_timeout_s = '
-                                     f'{s.request_timeout_s:g} s')
+        deadline = time.monotonic() + s.request_timeout_s
+        while not job.done.wait(0.1):
+            # bounded, and never holding an executor thread past shut-down (the executor
+            # waits for its threads; a model run cannot be interrupted)
+            if self._closing.is_set():
+                job.cancel()
+                return _refuse(response, 'shutting down')
+            if time.monotonic() > deadline:
+                job.cancel()
+                return _refuse(response, f'timeout: no answer within request_timeout_s = '
+                                         f'{s.request_timeout_s:g} s')
         if job.error is not None:
             return _refuse(response, error_kind(job.error)[1])
         response.success = True
