@@ -146,8 +146,9 @@ def _annotate(reader, topic, msgtype, conns, pipe, args, out) -> int:
             status = f'error: {line["error"]}'
         else:
             described += 1
-            status = (f'{line["generated_tokens"]} tokens, '
-                      f'{sum(line["timings_ms"].values()):.0f} ms')
+            t = line['timings_ms']
+            total = t.get('time_to_first_token', 0.0) + t.get('decode', 0.0)
+            status = f'{line["generated_tokens"]} tokens in {total:.0f} ms: {line["text"]!r}'
         print(f'[{topic} #{index} +{line["offset_s"]:.2f} s] {status}', file=sys.stderr)
         out.write(json.dumps(line, ensure_ascii=False) + '\n')
         out.flush()
