@@ -15,6 +15,7 @@ import sys
 import cv2
 
 from ..vlm import GenerationOptions, Pipeline, VLMError
+from ..vlm.prompt import keep_torch_out
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
 
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of qwen-vl-describe."""
     args = build_parser().parse_args(argv)
+    keep_torch_out()
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
     try:
         if args.bag:

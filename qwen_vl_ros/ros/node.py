@@ -33,6 +33,7 @@ from std_msgs.msg import String
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..vlm import Pipeline
+from ..vlm.prompt import keep_torch_out
 from . import params
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
 from .diagnostics import Counters
@@ -377,6 +378,7 @@ def main(args=None) -> int:
 
     Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
     """
+    keep_torch_out()
     rclpy.init(args=args)
     node = None
     executor = None

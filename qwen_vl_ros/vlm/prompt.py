@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,28 @@ class VisionBlock:
     def tokens(self, merge: int) -> int:
         """Count the merged vision tokens the LLM sees for this block."""
         return self.grid_t * (self.grid_h // merge) * (self.grid_w // merge)
+
+
+def keep_torch_out() -> None:
+    """Stop transformers from importing torch, for processes that only need its tokenizers.
+
+    transformers imports torch whenever it is installed (seconds of start-up and exit, hundreds
+    of MB); the pipeline never needs it. Call before transformers is imported (the node's and
+    the CLI's entry points do); a no-op afterwards, so a process that also runs transformers'
+    models (the tests' reference) keeps them.
+    """
+    if 'transformers' in sys.modules:
+        return
+    for key in ('USE_TORCH', 'USE_TF', 'USE_FLAX'):
+        os.environ.setdefault(key, '0')
+    # transformers warns at import that it found no framework: expected here, so keep it quiet.
+    verbosity = os.environ.get('TRANSFORMERS_VERBOSITY')
+    os.environ['TRANSFORMERS_VERBOSITY'] = 'error'
+    import transformers.utils.logging as hf_logging
+    if verbosity is None:
+        del os.environ['TRANSFORMERS_VERBOSITY']
+    hf_logging.set_verbosity(hf_logging.log_levels.get(verbosity or 'warning',
+                                                       hf_logging.WARNING))
 
 
 def load_tokenizer(tokenizer_dir: str):
