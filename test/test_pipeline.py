@@ -251,3 +251,14 @@ def test_model_dir_error_names_the_axmodel_layout(tiny_onnx_dir, tmp_path):
     for missing in ('*vision*.axmodel', 'qwen2_5_vl_post.axmodel', 'qwen2_5_vl_p320_l1_together',
                     'model.embed_tokens.weight.npy', 'tokenizer'):
         assert missing in str(e.value)
+
+
+def test_cli_never_imports_torch(tiny_onnx_dir):
+    code = ('import sys; from qwen_vl_ros.cli.describe import main; '
+            f'rc = main(["--model-dir", {str(tiny_onnx_dir)!r}, "--prompt", "hi", '
+            '"--max-new-tokens", "2", "--json"]); '
+            'sys.exit(rc or (3 if "torch" in sys.modules else 0))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])['generated_tokens'] == 2
