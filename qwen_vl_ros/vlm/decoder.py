@@ -134,8 +134,7 @@ class DecoderStack:
                 elif self.kv is None:  # a prefix of the host cache: a view, no copy
                     feed['K_cache'] = self.k_cache[i][:, :pg.history]
                     feed['V_cache'] = self.v_cache[i][:, :pg.history]
-                k_out, v_out, x = self._run(i, feed, pg.group)
-                self._store(i, h, k_out[0, :real], v_out[0, :real])
+                x = self._layer(i, feed, pg.group, h, real)
             last = x[:, real - 1:real]
         return last
 
@@ -158,25 +157,22 @@ class DecoderStack:
                 feed['K_cache'] = self.k_cache[i]
                 feed['V_cache'] = self.v_cache[i]
             feed['input'] = x
-            k_out, v_out, x = self._run(i, feed, g)
-            self._store(i, slot, k_out[0], v_out[0])
+            x = self._layer(i, feed, g, slot, 1)
         self._decode_mask[0, 0, slot] = 0
         return x
 
-    # -- the two places that differ between a host cache and an in-buffer one -------------------
-    def _run(self, i: int, feed: dict, group: int) -> list:
-        """Run layer i; an in-buffer cache supplies K_cache/V_cache when the feed has none."""
-        if self.kv is not None:
-            return self.kv[i].run(feed, group)
-        return self.layers[i].run(feed, group)
+    def _layer(self, i: int, feed: dict, group: int, row: int, count: int) -> np.ndarray:
+        """Run layer i; its new K/V rows [0, count) become cache rows [row, row + count).
 
-    def _store(self, i: int, row: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Write rows [row, row + len(k)) of layer i's cache."""
+        The one place where the two caches differ: an in-buffer cache supplies K_cache /
+        V_cache itself (when the feed has none) and keeps the rows inside the session.
+        """
         if self.kv is not None:
-            self.kv[i].write(row, k, v)
-        else:
-            self.k_cache[i][0, row:row + len(k)] = k
-            self.v_cache[i][0, row:row + len(v)] = v
+            return self.kv[i].step(feed, group, row, count)
+        k_out, v_out, x = self.layers[i].run(feed, group)
+        self.k_cache[i][0, row:row + count] = k_out[0, :count]
+        self.v_cache[i][0, row:row + count] = v_out[0, :count]
+        return x
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """Run final norm + lm_head on one hidden row -> float32 logits (V,)."""

@@ -88,10 +88,11 @@ class _Buffer:
 class InBufferKV:
     """One decoder layer's K/V cache, kept in its session's ``K_cache``/``V_cache`` buffers.
 
-    ``run(feed, group)`` runs a shape group with ``K_cache``/``V_cache`` taken from the buffers
-    when the feed leaves them out (they must be fed for a group whose cache input is not a
-    prefix, i.e. the first chunk's dummy); ``write(row, k, v)`` stores rows
-    [row, row + len(k)) of the cache. Outputs come back as copies, like ``run``.
+    ``step(feed, group, row, count)`` runs a shape group with ``K_cache``/``V_cache`` taken
+    from the buffers when the feed leaves them out (they must be fed for a group whose cache
+    input is not a prefix, i.e. the first chunk's dummy), stores the new K/V rows at cache rows
+    [row, row + count) and returns the hidden output. Outputs are the contract's, in order:
+    ``K_cache_out``, ``V_cache_out``, ``output``.
     """
 
     def __init__(self, inner, ffi, elib, slib, decode_group: int):
@@ -121,16 +122,26 @@ class InBufferKV:
         self._k = self._rows(self._in[k_at])
         self._v = self._rows(self._in[v_at])
         self._k_at, self._v_at = k_at, v_at
+        # Per group: for each input, a typed view of its buffer and the flush arguments of
+        # exactly its bytes; for each output, the same for invalidating and copying out.
         self._groups = {}
         for g in groups:
             k = ins[g][k_at]
             prefix = (len(k.shape) == 3 and tuple(k.shape[::2]) == (1, self.width)
                       and k.shape[1] <= self.length and np.dtype(k.dtype) == self.dtype)
-            specs = {a.name: (i, tuple(int(s) for s in a.shape), np.dtype(a.dtype))
-                     for i, a in enumerate(ins[g])}
-            out = [(i, tuple(int(s) for s in a.shape), np.dtype(a.dtype))
-                   for i, a in enumerate(outs[g])]
-            self._groups[g] = (specs, out, prefix)
+            feeds = {a.name: self._slot(self._in[i], a) for i, a in enumerate(ins[g])}
+            results = [self._slot(self._out[i], a) for i, a in enumerate(outs[g])]
+            self._groups[g] = (feeds, results, prefix)
+
+    def _slot(self, buf: _Buffer, arg) -> tuple:
+        """(typed view of the tensor at offset 0, phy, vir pointer, bytes to sync) of one I/O."""
+        shape, dtype = tuple(int(s) for s in arg.shape), np.dtype(arg.dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        if n > buf.size:
+            raise ValueError(f'{arg.name} needs {n} bytes, its buffer has {buf.size}')
+        span = min(buf.size, -(-n // CACHE_LINE) * CACHE_LINE)
+        view = buf.view[:n].view(dtype).reshape(shape)
+        return view, buf.phy, self._ffi.cast('void *', buf.vir), span
 
     def _rows(self, buf: _Buffer) -> np.ndarray:
         return buf.view[:self.length * self.row_bytes].view(self.dtype).reshape(
@@ -151,7 +162,7 @@ class InBufferKV:
             log.info('KV cache on the host (whole caches fed per step): %s', e)
             return None
 
-    # -- cache maintenance --------------------------------------------------------------------
+    # -- running with the cache in place -------------------------------------------------------
     def _sync(self, fn, buf: _Buffer, start: int, size: int) -> None:
         """Flush or invalidate [start, start+size) of ``buf``, widened to whole cache lines."""
         lo = start - start % CACHE_LINE
@@ -159,30 +170,29 @@ class InBufferKV:
         if fn(buf.phy + lo, self._ffi.cast('void *', buf.vir + lo), hi - lo) != 0:
             raise RuntimeFailure(f'cache maintenance failed on 0x{buf.phy + lo:x}+{hi - lo}')
 
-    def write(self, row: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Store cache rows [row, row + len(k)) of K and V (each (n, width)) and flush them."""
-        n = len(k)
-        self._k[row:row + n] = k
-        self._v[row:row + n] = v
-        flush = self._slib.AX_SYS_MflushCache
-        self._sync(flush, self._in[self._k_at], row * self.row_bytes, n * self.row_bytes)
-        self._sync(flush, self._in[self._v_at], row * self.row_bytes, n * self.row_bytes)
+    def _flush_rows(self, row: int, count: int) -> None:
+        """Make cache rows [row, row + count) of K and V visible to the NPU."""
+        flush, start, size = self._slib.AX_SYS_MflushCache, row * self.row_bytes, \
+            count * self.row_bytes
+        self._sync(flush, self._in[self._k_at], start, size)
+        self._sync(flush, self._in[self._v_at], start, size)
 
-    def run(self, feed: dict, group: int) -> list:
-        """Run ``group``: fed inputs copied in (their bytes flushed), the cache left in place."""
-        specs, outs, prefix = self._groups[group]
+    def _execute(self, feed: dict, group: int) -> list:
+        """Copy the fed inputs in (flushing their bytes), run ``group``; return its outputs."""
+        feeds, results, prefix = self._groups[group]
         flush = self._slib.AX_SYS_MflushCache
         for name, arr in feed.items():
-            i, shape, dtype = specs[name]
-            if arr.shape != shape or arr.dtype != dtype:
-                raise RuntimeFailure(f'input {name} of group {group} must be {shape} {dtype}, '
-                                     f'got {arr.shape} {arr.dtype}')
-            buf = self._in[i]
-            buf.view[:arr.nbytes] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-            self._sync(flush, buf, 0, arr.nbytes)
-        if len(feed) != len(specs) and not (
-                prefix and set(specs) - set(feed) <= {'K_cache', 'V_cache'}):
-            raise RuntimeFailure(f'group {group} needs inputs {sorted(set(specs) - set(feed))}')
+            view, phy, vir, span = feeds[name]
+            if arr.shape != view.shape or arr.dtype != view.dtype:
+                raise RuntimeFailure(f'input {name} of group {group} must be {view.shape} '
+                                     f'{view.dtype}, got {arr.shape} {arr.dtype}')
+            view[...] = arr
+            if flush(phy, vir, span) != 0:
+                raise RuntimeFailure(f'cache flush failed on input {name}')
+        if len(feed) != len(feeds) and not (prefix and len(feed) + 2 == len(feeds)
+                                            and 'K_cache' not in feed
+                                            and 'V_cache' not in feed):
+            raise RuntimeFailure(f'group {group} needs inputs {sorted(set(feeds) - set(feed))}')
         if self._multi:
             ret = self._run_fn(self._handle[0], self._context[0], group, self._io)
         else:
@@ -190,10 +200,24 @@ class InBufferKV:
         if ret != 0:
             raise RuntimeFailure(f'the NPU run of group {group} failed ({ret})')
         invalidate = self._slib.AX_SYS_MinvalidateCache
-        result = []
-        for i, shape, dtype in outs:
-            buf = self._out[i]
-            n = int(np.prod(shape)) * dtype.itemsize
-            self._sync(invalidate, buf, 0, n)
-            result.append(buf.view[:n].view(dtype).reshape(shape).copy())
-        return result
+        for _, phy, vir, span in results:
+            if invalidate(phy, vir, span) != 0:
+                raise RuntimeFailure('cache invalidate failed on an output')
+        return [view for view, _, _, _ in results]
+
+    def run(self, feed: dict, group: int) -> list:
+        """Run ``group`` with the cache in place; return copies of all outputs (like run)."""
+        return [out.copy() for out in self._execute(feed, group)]
+
+    def step(self, feed: dict, group: int, row: int, count: int) -> np.ndarray:
+        """Run ``group`` with the cache in place and keep its new K/V rows.
+
+        Rows [0, count) of ``K_cache_out`` / ``V_cache_out`` go to cache rows
+        [row, row + count) (written and flushed, nothing else moves); returns a copy of the
+        hidden ``output``.
+        """
+        k_out, v_out, out = self._execute(feed, group)
+        self._k[row:row + count] = k_out[0, :count]
+        self._v[row:row + count] = v_out[0, :count]
+        self._flush_rows(row, count)
+        return out.copy()

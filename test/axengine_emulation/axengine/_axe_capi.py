@@ -52,8 +52,10 @@ def _base(name: str):
 
 def _address(ptr, what: str = 'void *') -> int:
     """Address held by a pointer cdata; cffi refuses ints and other objects, so do we."""
-    if isinstance(ptr, (C._Pointer, C.Array)):
-        return C.cast(ptr, C.c_void_p).value or 0
+    if isinstance(ptr, C._Pointer):
+        return C.addressof(ptr.contents) if ptr else 0
+    if isinstance(ptr, C.Array):
+        return C.addressof(ptr)
     if isinstance(ptr, C.c_void_p):
         return ptr.value or 0
     if isinstance(ptr, _Owned):
