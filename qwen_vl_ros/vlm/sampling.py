@@ -50,10 +50,16 @@ class Sampler:
             logits[idx] = np.where(s < 0, s * o.repetition_penalty, s / o.repetition_penalty)
         if not o.do_sample:
             return int(np.argmax(logits))
+        # Only top-k candidates can be drawn: work on them alone (ascending ids, so the draw
+        # equals one over the whole vocabulary with zeros elsewhere) instead of exp and sort
+        # over all 151936 logits per token. Temperature scaling keeps the order, so choosing
+        # the candidates before dividing by it is the same choice (ties included, as HF).
+        ids = None
+        if 0 < o.top_k < len(logits):
+            kth = logits.max() if o.top_k == 1 else np.partition(logits, -o.top_k)[-o.top_k]
+            ids = np.flatnonzero(logits >= kth)
+            logits = logits[ids]
         x = logits.astype(np.float64) / max(o.temperature, 1e-6)
-        if 0 < o.top_k < len(x):
-            kth = np.partition(x, -o.top_k)[-o.top_k]
-            x = np.where(x < kth, -np.inf, x)
         probs = np.exp(x - x.max())
         probs /= probs.sum()
         if o.top_p < 1.0:
@@ -64,4 +70,5 @@ class Sampler:
             mask = np.zeros_like(probs)
             mask[keep] = probs[keep]
             probs = mask / mask.sum()
-        return int(self.rng.choice(len(probs), p=probs))
+        pick = int(self.rng.choice(len(probs), p=probs))
+        return int(ids[pick]) if ids is not None else pick
