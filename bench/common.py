@@ -1,0 +1,95 @@
+"""Shared helpers of the benchmarks: machine facts, statistics, result files, paths."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EMULATION = REPO / 'test' / 'axengine_emulation'
+SHARED = REPO.parent / 'shared'
+REAL_CONFIG = SHARED / 'qwen2_5_vl_3b'
+DEMO_IMAGE = SHARED / 'seed' / 'demo.jpg'
+
+
+def machine() -> dict:
+    """CPU model, cores, Python and library versions, date: printed with every result."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(),
+            'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
+    for mod in ('onnxruntime', 'numpy', 'cv2'):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = 'not installed'
+    return info
+
+
+def machine_line(info: dict) -> str:
+    """One line naming the machine."""
+    return (f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, onnxruntime "
+            f"{info['onnxruntime']}, numpy {info['numpy']}, OpenCV {info['cv2']}; "
+            f"{info['date']}")
+
+
+def median(xs) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(xs))
+
+
+def percentile(xs, q: float) -> float:
+    """q-th percentile (0..100), linear interpolation."""
+    xs = sorted(xs)
+    if len(xs) == 1:
+        return float(xs[0])
+    k = (len(xs) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
+
+
+def timed(fn, repeat: int, warmup: int = 2) -> list:
+    """Run ``fn`` warmup + repeat times; return the repeat wall times in ms."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def write_result(path, name: str, result: dict) -> None:
+    """Write one benchmark's result (with the machine) as JSON, and echo where it went."""
+    result = dict(result, bench=name, machine=machine())
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + '\n')
+
+
+def verdict(ok: bool) -> str:
+    """'met' / 'NOT met'."""
+    return 'met' if ok else 'NOT met'
+
+
+def use_emulated_axengine(api: str = 'current'):
+    """Put the pyaxengine emulation on sys.path (this process only) and import it."""
+    os.environ['AXENGINE_EMULATION_API'] = api
+    if str(EMULATION) not in sys.path:
+        sys.path.insert(0, str(EMULATION))
+    import axengine
+    return axengine
