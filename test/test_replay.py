@@ -266,25 +266,21 @@ def final_counters(log: str) -> dict:
 
 
 def check_every_tick_accounted(snapshots, final: dict, period_s: float) -> None:
-    """Every timer tick ended as a description, a skip or a failure.
+    """Every timer tick ended as a description, a skip or a failure (the node's timer_ticks).
 
-    Exact when the node counts its ticks ('timer_ticks' in its counters). Without that count
-    the test can only bound the outcomes by the node-clock time between the first and the last
-    /diagnostics snapshot: never more outcomes than ticks that time allows (a tick whose job is
-    still queued or running counts once, as pending), and not far fewer. Fewer is possible:
-    rcl drops the ticks of periods that pass while the executor is late (a loaded machine),
-    which is why only the node's own count can make this exact.
+    In the final counters (all jobs done) exactly; between the first and the last /diagnostics
+    snapshot within one tick (a snapshot may fall inside a tick; a tick whose job is still
+    queued or running counts as pending). And never more ticks than the node-clock time between
+    the snapshots allows (fewer is possible: rcl drops the periods that pass while the executor
+    is late).
     """
-    if 'timer_ticks' in final:
-        assert int(final['timer_ticks']) == accounted(final), final
+    assert 'timer_ticks' in final, f'the node does not count its timer ticks: {final}'
+    assert int(final['timer_ticks']) == accounted(final), final
     assert len(snapshots) >= 2, snapshots
     (t_first, first), (t_last, last) = snapshots[0], snapshots[-1]
-    if 'timer_ticks' in last and 'timer_ticks' in first:
-        ticks = int(last['timer_ticks']) - int(first['timer_ticks'])
-        assert abs(ticks - (accounted(last) - accounted(first))) <= 1, (first, last)
-    expected = (t_last - t_first) / 1e9 / period_s
-    got = accounted(last) - accounted(first)
-    assert 0.5 * expected - 1 <= got <= expected + 1.5, (got, expected, first, last)
+    ticks = int(last['timer_ticks']) - int(first['timer_ticks'])
+    assert abs(ticks - (accounted(last) - accounted(first))) <= 1, (first, last)
+    assert ticks <= (t_last - t_first) / 1e9 / period_s + 1.5, (first, last)
 
 
 @pytest.fixture
@@ -325,7 +321,7 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
         if sim_time:
             # the node's /diagnostics timer runs on the (not yet published) bag clock
             node.wait_for_log(node_harness.READY, 60)
-            wait = ['--clock', 100]
+            wait = ['--clock', 20]
         else:
             wait = ['--wait-ready']
         r = run_replay(bag.path, *wait, '--record', '/qwen_vl/description/stamped',
@@ -339,7 +335,7 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
     lines = read_jsonl(out)
     descriptions = [d for d in lines if d['topic'] == '/qwen_vl/description/stamped']
     stamps = set(bag.stamps_ns)
-    assert len(descriptions) >= 3, (r.stderr, log[-3000:])
+    assert len(descriptions) >= 2, (r.stderr, log[-3000:])
     got = [stamp_ns(d['msg']['header']['stamp']) for d in descriptions]
     assert all(s in stamps for s in got), 'a description stamp that is no frame of the bag'
     assert got == sorted(set(got)), 'the timer described a frame twice, or out of order'
