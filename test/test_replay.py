@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from qwen_vl_ros.bagtools import (COMPRESSED_IMAGE, compressed_message, moving_s
                                   typestore, write_bag, write_camera_bag)
 
 REPO = Path(__file__).resolve().parents[1]
+CAMERA = '/camera/image_raw'
 
 
 def replay_env() -> dict:
@@ -224,13 +226,59 @@ def test_replay_bad_arguments(tmp_path, args, message):
     assert message in r.stderr
 
 
+def test_replay_stops_cleanly_on_sigint(tmp_path, echo_factory):
+    bag = write_camera_bag(tmp_path / 'bag', frames=100, fps=10.0, width=32, height=24)
+    echo_factory(CAMERA)
+    out = tmp_path / 'out.jsonl'
+    cmd = [sys.executable, '-m', 'qwen_vl_ros.replay.cli', str(bag.path), '--record', '/echo',
+           '--out', str(out), '--timeout', '20']
+    proc = subprocess.Popen(cmd, cwd=REPO, env=replay_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(read_jsonl(out) if out.exists() else []) < 3:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert 'SIGINT: stopping' in err and 'interrupted' in err and 'Traceback' not in err
+    lines = read_jsonl(out)     # every line complete
+    assert 3 <= len(lines) < 100
+    assert [stamp_ns(d['msg']['header']['stamp']) for d in lines] == \
+        bag.stamps_ns[:len(lines)]
+
+
+def test_network_defaults_to_loopback_and_warns_otherwise():
+    from qwen_vl_ros.replay.cli import check_network
+    warnings = []
+    env = {}
+    check_network(False, env, warnings.append)
+    assert env == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_LOCALHOST_ONLY': '1'}
+    assert len(warnings) == 1 and '--network' in warnings[0]
+    for given in ({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}, {'ROS_LOCALHOST_ONLY': '1'},
+                  {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'OFF'}):
+        warnings.clear()
+        env = dict(given)
+        check_network(False, env, warnings.append)
+        assert env == given and warnings == []
+    env = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+    check_network(False, env, warnings.append)
+    assert env == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+    assert len(warnings) == 1 and 'WARNING' in warnings[0] and 'leave this machine' in warnings[0]
+    warnings.clear()
+    check_network(True, env, warnings.append)
+    check_network(True, {}, warnings.append)
+    assert warnings == []
+
+
 def test_replay_missing_bag(tmp_path):
     r = run_replay(tmp_path / 'nothing', '--timeout', 1)
     assert r.returncode == 2 and 'no bag at' in r.stderr
 
 
 # -- the tool against the real node ------------------------------------------------------------
-CAMERA = '/camera/image_raw'
 PERIOD_S = 0.25
 # What a timer tick can end as, in the node's /diagnostics counters (a timer-only run: every
 # description and every failed job came from a tick).

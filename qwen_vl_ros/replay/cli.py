@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 
@@ -118,6 +119,21 @@ def options_from_args(args) -> ReplayOptions:
         reliability=args.reliability)
 
 
+def _stop_on_signals(replay, log) -> None:
+    """SIGINT / SIGTERM end the replay cleanly (the output is closed); a second SIGINT aborts.
+
+    These handlers replace rclpy's, which would shut the context down under the running replay.
+    """
+    def handler(signum, frame) -> None:
+        if replay.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log(f'{signal.Signals(signum).name}: stopping; the output so far is kept')
+        replay.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv=None) -> int:
     """Entry point of qwen-vl-replay."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -156,9 +172,10 @@ def main(argv=None) -> int:
         thread = threading.Thread(target=spin, name='replay-spin', daemon=True)
         thread.start()
         replay = Replay(node, options, log=log)
+        _stop_on_signals(replay, log)
         try:
             summary = replay.run()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:   # a second Ctrl-C: stop waiting for anything
             replay.stop()
             summary = replay.summary
             summary.interrupted = True

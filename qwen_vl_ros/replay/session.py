@@ -100,6 +100,10 @@ class Replay:
         """Ask run() to stop playing and waiting (from another thread or a signal handler)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def bag_now_ns(self) -> int | None:
         """Return the recording time that playback has reached (None before it started)."""
         if self._t0_wall is None:
@@ -182,7 +186,9 @@ class Replay:
                     unknown.remove(name)
             if not unknown:
                 break
-            if time.monotonic() > deadline or self._stop.is_set():
+            if self._stop.is_set():
+                return {t: m for t, m in record.items() if m}
+            if time.monotonic() > deadline:
                 raise ReplayTimeout(f'no publisher of {", ".join(unknown)} appeared within '
                                   f'{self.o.timeout:g} s: is the node running (same '
                                   'ROS_DOMAIN_ID, loopback settings)? Or give the type as '
