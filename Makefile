@@ -7,6 +7,8 @@
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
 #   make demo       install, then the node on a synthetic camera recording (MODEL_DIR=DIR: a real
 #                   model; default: a tiny random-weight model exported once into demo_out/)
+#   make bench      install, then bench/run_all.py: host-side benchmarks at the real model shapes
+#                   (~2 min, ~1.8 GB of temporary stand-ins) -> bench/RESULTS.md
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -89,6 +91,11 @@ MODEL_DIR ?=
 demo: install
 	$(ROS_ENV) && cd $(REPO) && $(VPY) scripts/demo.py --out $(REPO)/demo_out \
 	  $(if $(MODEL_DIR),--model-dir '$(MODEL_DIR)')
+
+# Benchmarks, one at a time (bench/run_all.py); the ROS one needs the loopback environment.
+.PHONY: bench
+bench: install
+	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/run_all.py
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache
