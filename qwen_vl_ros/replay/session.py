@@ -269,6 +269,9 @@ class Replay:
                     self._ready.set()
 
         self.log('waiting for the node to report state "ready" on /diagnostics')
+        if self.o.clock_hz > 0:
+            self.log('(a node with use_sim_time publishes /diagnostics only while /clock runs, '
+                     'i.e. not before playing: wait for its "ready:" log line instead)')
         sub = self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
         try:
             self._wait(self._ready.is_set, deadline,
