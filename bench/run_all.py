@@ -145,6 +145,24 @@ NOTES = """\
 - Bench 2's baseline converts the message with PIL's own raw BGR decoder, the cheapest way into
   the demo's PIL path; the numpy channel flip (about the 19 ms the issue quotes) is printed too.
 - Bench 3 counts the table's resident pages through /proc/self/smaps while it is in use.
+- The board's Cortex-A55 cores are several times slower than this CPU at Python and numpy:
+  expect several times the host figures there, still small against the NPU's 161 ms per token.
+- On the older pyaxengine API (load_from_model / set_runtime_context) the runner's buffers are
+  compiled code, so the pipeline falls back to feeding whole caches (about the
+  `pipeline_plain_run` figure of bench 1 b); so does the M.2 card's AXCLRT provider.
+
+## What gets the pipeline there
+
+- KV cache inside each layer session's own input buffers (qwen_vl_ros/vlm/runtime/axengine_kv.py):
+  per layer and token, the small inputs (input, indices, mask) are written and only their bytes
+  flushed, one K row and one V row are written and flushed, the group is run on the session's
+  own AX_ENGINE_IO_T, and only the outputs' bytes are invalidated: ~0.25 MB flushed per token
+  instead of ~88 MB. Proven equal to plain `run` token for token in test/test_axengine_backend.py.
+- Sampling draws among the top-k candidates only (same draws; was 3.4 ms per token at the real
+  vocabulary with the model's generation_config).
+- Frames: bgr8 converted with cv2.cvtColor; a big frame is halved with an exact 2x2 box before
+  one bilinear step to 448x448 (cv2's INTER_AREA to an arbitrary size took ~4 ms for 1080p).
+- The embedding table is memory-mapped (only the rows of the prompt become resident).
 """
 
 
