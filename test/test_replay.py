@@ -188,7 +188,7 @@ def test_replay_compressed_mcap_one_topic_into_a_bag(tmp_path, echo_factory):
     echo.node.create_subscription(CompressedImage, '/rear/image/compressed', rear.append, 10)
 
     out = tmp_path / 'answers'
-    r = run_replay(tmp_path / 'bag', '--topic', '/front/image/compressed',
+    r = run_replay(tmp_path / 'bag' / 'bag.mcap', '--topic', '/front/image/compressed',
                    '--record', '/echo:qwen_vl_interfaces/msg/Description', '--out', out,
                    '--out-storage', 'mcap', '--settle', 0.5, '--timeout', 20)
     assert r.returncode == 0, r.stderr

@@ -68,8 +68,10 @@ def open_reader(path):
     """Open a rosbags AnyReader on a rosbag2 directory (sqlite3 or mcap) or a ROS 1 bag."""
     from rosbags.highlevel import AnyReader
     p = Path(path)
+    if p.is_file() and p.suffix in ('.db3', '.mcap'):
+        p = p.parent      # the storage file of a rosbag2: its directory has metadata.yaml
     if not p.exists():
-        raise ReplayError(f'no bag at {str(p)!r}')
+        raise ReplayError(f'no bag at {str(path)!r}')
     try:
         reader = AnyReader([p])
         reader.open()
