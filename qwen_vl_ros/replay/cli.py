@@ -16,7 +16,7 @@ Network: unless --network is given, DDS discovery is kept on this machine
 choose; run the node with the same settings and ROS_DOMAIN_ID (. scripts/ros_env.sh).
 
 Example (the node runs in another shell with -r image:=/camera/image_raw):
-    qwen-vl-replay demo_out/recording --wait-ready --out answers.jsonl \
+    qwen-vl-replay my_bag --wait-ready --out answers.jsonl \
         --record /qwen_vl/description/stamped --record /diagnostics
 
 Exit codes: 0 done, 1 interrupted, 2 bad arguments or bag, 3 time-out waiting for the graph.
