@@ -18,6 +18,32 @@ REAL_CONFIG = SHARED / 'qwen2_5_vl_3b'
 DEMO_IMAGE = SHARED / 'seed' / 'demo.jpg'
 
 
+def demo_image_bgr():
+    """Return AXERA's demo photo (../shared/seed/demo.jpg), or a synthetic 448x448 scene."""
+    import cv2
+    import numpy as np
+    if DEMO_IMAGE.is_file():
+        return cv2.imread(str(DEMO_IMAGE))
+    y, x = np.mgrid[0:448, 0:448]
+    img = np.stack([(x * 255 // 447), (y * 255 // 447), ((x + y) * 255 // 894)], -1)
+    img = img.astype(np.uint8)
+    cv2.circle(img, (150, 200), 80, (40, 90, 220), -1)
+    cv2.rectangle(img, (260, 60), (400, 300), (230, 200, 40), -1)
+    cv2.putText(img, 'qwen', (40, 400), cv2.FONT_HERSHEY_SIMPLEX, 3, (255, 255, 255), 6)
+    noise = np.random.default_rng(0).normal(0, 6, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def demo_image_file(directory) -> Path:
+    """Return the demo image's path (written into ``directory`` without ../shared)."""
+    if DEMO_IMAGE.is_file():
+        return DEMO_IMAGE
+    import cv2
+    path = Path(directory) / 'demo.png'
+    cv2.imwrite(str(path), demo_image_bgr())
+    return path
+
+
 def machine() -> dict:
     """CPU model, cores, Python and library versions, date: printed with every result."""
     cpu = platform.processor() or platform.machine()

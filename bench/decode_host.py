@@ -33,8 +33,8 @@ import ml_dtypes
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO_IMAGE, machine, machine_line, median, use_emulated_axengine,  # noqa
-                    verdict, write_result)
+from common import (demo_image_bgr, machine, machine_line, median,  # noqa: E402
+                    use_emulated_axengine, verdict, write_result)
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline  # noqa: E402
 
@@ -105,7 +105,7 @@ def summary(rows: list) -> dict:
 
 def image() -> np.ndarray:
     """Return the demo's image as RGB."""
-    return cv2.cvtColor(cv2.imread(str(DEMO_IMAGE)), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(demo_image_bgr(), cv2.COLOR_BGR2RGB)
 
 
 def pipeline_per_token(pipe: Pipeline, device, tokens: int, runs: int) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,8 +28,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEMO_IMAGE, REAL_CONFIG, machine, machine_line, median,  # noqa: E402
-                    percentile, timed, verdict, write_result)
+from common import (demo_image_bgr, machine, machine_line, median, percentile,  # noqa
+                    timed, verdict, write_result)
 
 from qwen_vl_ros.image_msg import image_to_rgb  # noqa: E402
 from qwen_vl_ros.vlm.vision import fit_frame, frames_to_patches  # noqa: E402
@@ -40,7 +39,7 @@ W, H, SIZE = 1920, 1080, (448, 448)
 
 def camera_message() -> SimpleNamespace:
     """Make a bgr8 sensor_msgs/Image-like message: the demo photo at 1080p plus noise."""
-    bgr = cv2.resize(cv2.imread(str(DEMO_IMAGE)), (W, H), interpolation=cv2.INTER_CUBIC)
+    bgr = cv2.resize(demo_image_bgr(), (W, H), interpolation=cv2.INTER_CUBIC)
     noise = np.random.default_rng(0).normal(0, 3, bgr.shape)
     bgr = np.clip(bgr + noise, 0, 255).astype(np.uint8)
     # rclpy gives uint8[] fields as array.array('B')
@@ -54,13 +53,10 @@ def pipeline(msg) -> np.ndarray:
 
 
 def demo_processor():
-    """Build the demo's image processor (max_pixels 448*448) from the real config."""
+    """Build the demo's image processor (max_pixels 448*448) with Qwen2.5-VL's settings."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    cfg = json.loads((REAL_CONFIG / 'preprocessor_config.json').read_text())
-    return Qwen2VLImageProcessor(min_pixels=cfg['min_pixels'], max_pixels=448 * 448,
-                                 patch_size=cfg['patch_size'],
-                                 temporal_patch_size=cfg['temporal_patch_size'],
-                                 merge_size=cfg['merge_size'])
+    return Qwen2VLImageProcessor(min_pixels=3136, max_pixels=448 * 448, patch_size=14,
+                                 temporal_patch_size=2, merge_size=2)
 
 
 def demo(msg, processor, via_numpy: bool = False) -> np.ndarray:

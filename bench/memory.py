@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEMO_IMAGE, machine, machine_line, verdict, write_result  # noqa: E402
+from common import demo_image_file, machine, machine_line, verdict, write_result  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / '_rss_probe.py'
 MB = 2**20
@@ -31,7 +31,7 @@ def probe(model_dir: Path, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / 'rss.json'
         cmd = [sys.executable, str(PROBE), str(out), mode, '--', '--model-dir', str(model_dir),
-               '--backend', 'onnxruntime', '--threads', '1', '--image', str(DEMO_IMAGE),
+               '--backend', 'onnxruntime', '--threads', '1', '--image', str(demo_image_file(tmp)),
                '--max-new-tokens', '16', '--json']
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if run.returncode != 0:

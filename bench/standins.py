@@ -123,16 +123,43 @@ def write_bf16_table(src_npy: Path, path: Path, rows: int = 8192) -> None:
             np.ascontiguousarray(table[r:r + rows].astype(ml_dtypes.bfloat16)).tofile(f)
 
 
+def write_config_without_shared(out: Path) -> None:
+    """Qwen2.5-VL-3B's sizes with the tests' small Qwen-style tokenizer (no ../shared needed).
+
+    The special tokens get the tokenizer's ids (config and tokenizer must agree); the prompt
+    comes out about as long as with the real tokenizer.
+    """
+    from qwen_vl_ros.export import tiny
+    from qwen_vl_ros.export.tokenizer import QWEN2_5_VL_CHAT_TEMPLATE, build_tokenizer
+    tokenizer = build_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    cfg = tiny.tiny_config(ids, vocab_size=151936)
+    cfg.update(hidden_size=2048, intermediate_size=11008, num_attention_heads=16,
+               num_hidden_layers=36, num_key_value_heads=2, torch_dtype='bfloat16',
+               rope_scaling={'type': 'mrope', 'mrope_section': [16, 24, 24]})
+    cfg['vision_config'].update(out_hidden_size=2048, hidden_size=1280, depth=32)
+    tokenizer.save_pretrained(out)
+    for name, data in (('config.json', cfg), ('generation_config.json',
+                                              tiny.generation_config(ids)),
+                       ('preprocessor_config.json', tiny.PREPROCESSOR_CONFIG),
+                       ('chat_template.json', {'chat_template': QWEN2_5_VL_CHAT_TEMPLATE})):
+        (out / name).write_text(json.dumps(data, indent=2) + '\n')
+
+
 def build(out: Path, tables=('npy', 'bf16'), axmodel: bool = True, log=print) -> dict:
     """Write the stand-in directories; return their paths."""
-    cfg = json.loads((REAL_CONFIG / 'config.json').read_text())
+    onnx_dir = out / 'onnx'
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    if (REAL_CONFIG / 'config.json').is_file():
+        for name in os.listdir(REAL_CONFIG):
+            shutil.copyfile(REAL_CONFIG / name, onnx_dir / name)
+    else:
+        log(f'{REAL_CONFIG} is absent: real sizes with the tiny test tokenizer instead')
+        write_config_without_shared(onnx_dir)
+    cfg = json.loads((onnx_dir / 'config.json').read_text())
     text = dict(cfg, **(cfg.get('text_config') or {}))
     hidden, layers, vocab = text['hidden_size'], text['num_hidden_layers'], text['vocab_size']
     kv_dim = hidden // text['num_attention_heads'] * text['num_key_value_heads']
-    onnx_dir = out / 'onnx'
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(REAL_CONFIG):
-        shutil.copyfile(REAL_CONFIG / name, onnx_dir / name)
     seq = (IMAGE[0] // 14) * (IMAGE[1] // 14)
     vision_graph(seq, hidden, onnx_dir / f'qwen2_5_vl_vision_{IMAGE[0]}x{IMAGE[1]}.onnx')
     post_graph(hidden, vocab, onnx_dir / 'qwen2_5_vl_post.onnx')
