@@ -65,7 +65,7 @@ class PlayedTopic:
 
 
 def open_reader(path):
-    """Open a rosbags AnyReader on a rosbag2 directory (sqlite3 or mcap) or a ROS 1 bag."""
+    """Open a rosbags AnyReader on a rosbag2 directory (sqlite3 or mcap) or its storage file."""
     from rosbags.highlevel import AnyReader
     p = Path(path)
     if p.is_file() and p.suffix in ('.db3', '.mcap'):
@@ -77,6 +77,10 @@ def open_reader(path):
         reader.open()
     except Exception as e:  # rosbags raises several unrelated error classes
         raise ReplayError(f'cannot read the bag {str(p)!r}: {type(e).__name__}: {e}') from None
+    if not getattr(reader, 'is2', True):
+        reader.close()
+        raise ReplayError(f'{str(p)!r} is a ROS 1 bag: its messages are not CDR; convert it '
+                          'first (rosbags-convert --src BAG.bag --dst DIR)')
     return reader
 
 
