@@ -21,8 +21,10 @@ What it uses of pyaxengine (axengine/_axe.py, AXEngineSession, on-board NPU prov
 Layout fact it relies on: every prefill group's ``K_cache`` (1, H_g, kv) is a row prefix of the
 decode group's (1, L, kv) in the same buffer, so one buffer holds the cache for decode and for
 chunked prefill alike (a group whose ``K_cache`` is not such a prefix, e.g. the first chunk's
-dummy, gets it fed like any other input). Inputs are written at offset 0 and only their own bytes
-flushed; outputs are invalidated over their own bytes only.
+dummy, gets it fed like any other input: it lands on the first rows, which that chunk then
+writes anew). Inputs are written at offset 0 and only their own bytes flushed; outputs are
+invalidated over their own bytes only. Rows past the current request's are stale, never zeroed:
+the masks block them, as with the host cache.
 
 Anything else (the M.2 card's AXCLRT provider, the older ``load_from_model`` wheel, a pyaxengine
 whose internals differ) gets no in-buffer cache: ``attach`` returns None, with the reason in the
