@@ -401,6 +401,12 @@ def main(args=None) -> int:
         code = node.exit_code or 0
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
+    except Exception:
+        # SIGINT/SIGTERM shut the context down; a spin_once running at that moment may raise
+        # RCLError ("context is not valid") instead of ExternalShutdownException: a normal stop.
+        if rclpy.ok():
+            raise
+        code = 0
     finally:
         if node is not None:
             worker_ended = node.close()
