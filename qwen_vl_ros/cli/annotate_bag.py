@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from ..image_msg import compressed_to_rgb, image_to_rgb
+from ..replay.bag import ReplayError, open_reader
 from ..vlm import VLMError
 from .describe import generation_options, load_pipeline, result_dict
 
@@ -39,19 +39,11 @@ class BagError(Exception):
 
 
 def open_bag(path: str):
-    """Open a rosbags AnyReader on a rosbag2 directory (or a .db3 / .mcap file's directory)."""
-    from rosbags.highlevel import AnyReader
-    p = Path(path)
-    if p.is_file() and p.suffix in ('.db3', '.mcap'):
-        p = p.parent
-    if not p.exists():
-        raise BagError(f'no bag at {path!r}')
+    """Open a rosbags AnyReader on a rosbag2 recording (the replay tool's reader)."""
     try:
-        reader = AnyReader([p])
-        reader.open()
-    except Exception as e:  # rosbags raises several unrelated error classes
-        raise BagError(f'cannot read the bag {path!r}: {type(e).__name__}: {e}') from None
-    return reader
+        return open_reader(path)
+    except ReplayError as e:
+        raise BagError(str(e)) from None
 
 
 def image_connections(reader, topic: str | None):
