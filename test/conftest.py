@@ -59,6 +59,19 @@ def export_variant(tiny_hf_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def tiny_onnx_dir(export_variant):
-    """Export the default stand-in: 448x448 vision, single prefill 320, KV 1023, float32 .npy."""
-    return export_variant()
+def tiny_onnx_dir(tiny_hf_dir, tmp_path_factory):
+    """Export the default stand-ins: 448x448 vision, single prefill 320, KV 1023, float32 .npy.
+
+    Made by the `qwen-vl-export` command itself (the installed console script when there is
+    one), as a user would run it.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp('tiny_onnx_cli')
+    script = Path(sys.executable).parent / 'qwen-vl-export'
+    cmd = [str(script)] if script.exists() else [sys.executable, '-m', 'qwen_vl_ros.export.cli']
+    subprocess.run(cmd + ['--hf-dir', str(tiny_hf_dir), '--out', str(out)], check=True,
+                   capture_output=True, timeout=300)
+    return out
