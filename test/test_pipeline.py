@@ -63,7 +63,10 @@ def test_non_square_image_equals_transformers(export_variant, tiny_hf_dir):
 
 
 def test_text_only_prompt_equals_transformers(pipe, tiny_hf_dir):
-    check_equal_to_hf(pipe, tiny_hf_dir, [], prompt='What is a robot?')
+    _, feed = check_equal_to_hf(pipe, tiny_hf_dir, [], prompt='What is a robot?')
+    ids, positions = pipe.prompts.build('What is a robot?', '', ())
+    np.testing.assert_array_equal(ids, feed['input_ids'][0].numpy())
+    np.testing.assert_array_equal(positions, hf.rope_index(str(tiny_hf_dir), feed))
 
 
 @pytest.mark.parametrize('second_per_grid_t', [1.0, 2.0])
