@@ -14,6 +14,7 @@ COUNTERS = (
     'timer_skipped_no_frame',   # timer ticks without a new frame since the last description
     'timer_skipped_stale',      # timer ticks whose newest frame was older than max_image_age_s
     'timer_skipped_loading',    # timer ticks before the model was ready
+    'timer_skipped_video_filling',  # video mode: ticks with a new frame but < video_frames kept
     'busy_replies',             # ~/describe answered "busy" (queue full)
     'stale_refused',            # ~/describe refused a frame older than max_image_age_s
     'image_errors',             # frames that could not be converted (topic or request)

@@ -1,16 +1,20 @@
 """describe_node: the ROS 2 node `qwen_vl`, a thin translation between ROS and the core.
 
-    image / image/compressed  ->  newest frame  ->  timer (period_s) or ~/describe
-    -> one inference worker (bounded queue)  ->  ~/description, ~/description/stamped
+    image / image/compressed  ->  newest frame (video mode: + ring of the last frames)
+    -> timer (period_s) or ~/describe  ->  one inference worker (bounded queue)
+    -> ~/description, ~/description/stamped
 
 All names are relative (namespaces and remaps work). Image messages are stored as received and
-converted on the worker thread, so the image callback never waits behind inference. Callbacks sit
+converted on the worker thread, so the image callback never waits behind inference. In video
+mode (video_frames N >= 2) the timer and requests without an image describe the last N frames
+kept (video_interval_s apart) as one video, stamped with its newest frame. Callbacks sit
 in separate groups of a MultiThreadedExecutor: the image subscription and the timer in their own
 mutually exclusive groups, the service in a reentrant group (each call waits for its own job).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -37,7 +41,7 @@ from ..vlm.prompt import keep_torch_out
 from . import params
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
 from .diagnostics import Counters
-from .frames import FrameStore, Source
+from .frames import FrameStore, Source, convert_all, second_per_grid_t
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -60,7 +64,8 @@ class DescribeNode(Node):
         self._lock = threading.Lock()
         self._warned: dict = {}
         self._closing = threading.Event()
-        self.frames = FrameStore(compressed=s.image_transport == 'compressed')
+        self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
+                                 s.video_interval_s, _max_gap_s(s))
         self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
                                       on_load_failed=self._on_load_failed,
                                       on_job_error=self._on_job_error)
@@ -121,10 +126,12 @@ class DescribeNode(Node):
     def _on_loaded(self, pipeline, seconds: float) -> None:
         s = self.settings
         timer = f'every {s.period_s:g} s' if s.period_s > 0 else 'off'
+        mode = (f'video of {s.video_frames} frames >= {s.video_interval_s:g} s apart'
+                if s.video_frames else 'image')
         self.get_logger().info(
             f'ready: model loaded in {seconds:.1f} s; image topic {self.image_topic} '
             f'({s.image_transport}, {s.image_reliability}), service {self._service_name()}, '
-            f'timer {timer}')
+            f'timer {timer}, {mode} mode')
 
     def _on_load_failed(self, error: BaseException) -> None:
         self.get_logger().error(
@@ -155,6 +162,11 @@ class DescribeNode(Node):
             self.settings = old.replace(**changes)
             if 'period_s' in changes and changes['period_s'] != old.period_s:
                 self._set_period(changes['period_s'])
+            new = self.settings
+            if (new.video_frames, new.video_interval_s, _max_gap_s(new)) != \
+                    (old.video_frames, old.video_interval_s, _max_gap_s(old)):
+                self.frames.configure_video(new.video_frames, new.video_interval_s,
+                                            _max_gap_s(new))
         for name, value in changes.items():
             self.get_logger().info(f'parameter {name} = {value!r}')
         return SetParametersResult(successful=True)
@@ -205,11 +217,21 @@ class DescribeNode(Node):
             self.get_logger().info(f'timer: still busy, tick skipped ({n} so far)',
                                    throttle_duration_sec=THROTTLE_S)
             return
-        source = self.frames.fresh()
+        video_frames, kept = self.frames.video()
+        if video_frames:
+            source = kept[-1] if kept and self.frames.is_new(kept[-1]) else None
+        else:
+            source = self.frames.fresh()
         if source is None:
             n = self.counters.inc('timer_skipped_no_frame')
-            self.get_logger().info(f'timer: no new frame on {self.image_topic}, tick skipped '
-                                   f'({n} so far)', throttle_duration_sec=THROTTLE_S)
+            what = 'kept for the video' if video_frames else 'on'
+            self.get_logger().info(f'timer: no new frame {what} {self.image_topic}, tick '
+                                   f'skipped ({n} so far)', throttle_duration_sec=THROTTLE_S)
+            return
+        if len(kept) < video_frames:
+            n = self.counters.inc('timer_skipped_video_filling')
+            self.get_logger().info(f'timer: {self._filling(len(kept), video_frames)}; tick '
+                                   f'skipped ({n} so far)', throttle_duration_sec=THROTTLE_S)
             return
         stale = self._stale_reason(source)
         if stale:
@@ -219,7 +241,7 @@ class DescribeNode(Node):
                                         throttle_duration_sec=THROTTLE_S)
             return
         s = self.settings
-        job = self._job(source, s.prompt, s, 0, TIMER)
+        job = self._job(kept if video_frames else [source], s.prompt, s, 0, TIMER)
         try:
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
@@ -228,23 +250,35 @@ class DescribeNode(Node):
             return
         self.frames.mark_described(source)
 
+    def _filling(self, kept: int, wanted: int) -> str:
+        interval = self.settings.video_interval_s
+        return (f'no video yet: {kept} of video_frames = {wanted} frames kept from '
+                f'{self.image_topic} (at least video_interval_s = {interval:g} s apart); '
+                f'about {(wanted - kept) * interval:g} s to go if frames keep coming')
+
     # -- service ------------------------------------------------------------------------------
     def _on_describe(self, request, response):
         s = self.settings
         prompt = request.prompt if request.prompt.strip() else s.prompt
         image = request.image
         if image.width or image.height or len(image.data) or image.encoding:
-            source = Source(image, compressed=False, from_topic=False)
+            # a request image is always described as an image, in video mode too
+            sources = [Source(image, compressed=False, from_topic=False)]
         else:
-            source = self.frames.newest()
-            if source is None:
+            video_frames, kept = self.frames.video()
+            newest = self.frames.newest()
+            if newest is None:
                 return _refuse(response, f'no image: nothing received on {self.image_topic} '
                                          'yet, and the request has no image')
+            if len(kept) < video_frames:
+                return _refuse(response, self._filling(len(kept), video_frames))
+            sources = kept if video_frames else [newest]
+        source = sources[-1]   # the newest frame: its age counts, its header is published
         stale = self._stale_reason(source)
         if stale:
             self.counters.inc('stale_refused', stale)
             return _refuse(response, stale)
-        job = self._job(source, prompt, s, request.max_new_tokens, SERVICE)
+        job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE)
         try:
             self.worker.submit(job)
         except Refused as r:
@@ -282,17 +316,28 @@ class DescribeNode(Node):
         return name
 
     # -- the work -----------------------------------------------------------------------------
-    def _job(self, source: Source, prompt: str, s: params.Settings, max_new_tokens: int,
+    def _job(self, sources: list, prompt: str, s: params.Settings, max_new_tokens: int,
              trigger: str) -> Job:
-        """Make a job that converts the frame, runs the model and publishes the description."""
+        """Make a job that converts the frames, runs the model and publishes the description.
+
+        One source = an image; several = one video (oldest first), published with the header
+        of the newest.
+        """
         options = s.generation_options(max_new_tokens)
         max_pixels = s.max_pixels
+        source = sources[-1]
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
-            frame = source.to_rgb(max_pixels)
+            # a frame that cannot be converted leaves the ring, or it would spoil every video
+            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard)
             convert_ms = 1e3 * (time.perf_counter() - t0)
-            result = pipeline.describe([frame], prompt, options, should_stop=should_stop)
+            opts = options
+            if len(frames) > 1:
+                spg = second_per_grid_t(sources, pipeline.files.config.temporal_patch_size)
+                if spg:
+                    opts = dataclasses.replace(options, second_per_grid_t=spg)
+            result = pipeline.describe(frames, prompt, opts, should_stop=should_stop)
             if result.finish_reason == 'cancelled' or should_stop():
                 raise Cancelled('generation cancelled (shut-down or time-out)')
             msg = description_msg(result, source.header, prompt, trigger, convert_ms)
@@ -313,7 +358,8 @@ class DescribeNode(Node):
                     f'{trigger} request failed: {reason}\n' + ''.join(
                         traceback.format_exception(job.error)))
                 return
-            where = f'frame from {self.image_topic}' if source.from_topic else 'request image'
+            where = (('video' if len(sources) > 1 else 'frame') + f' from {self.image_topic}'
+                     if source.from_topic else 'request image')
             self._warn_throttled((where, counter),
                                  f'{trigger}: {where} not described: {reason} '
                                  f'({self.counters.snapshot()[counter]} {counter} so far)')
@@ -341,6 +387,15 @@ class DescribeNode(Node):
                                    self.settings.backend, self.worker.state,
                                    self.worker.pending, self.get_clock().now().to_msg())
         self._pub_diag.publish(arr)
+
+
+def _max_gap_s(s: params.Settings) -> float:
+    """Longest gap between two frames of one video; a longer one starts the ring again.
+
+    A frame older than max_image_age_s is refused anyway, so a gap longer than that plus the
+    spacing means the stream was interrupted (0 = no limit, like max_image_age_s).
+    """
+    return s.video_interval_s + s.max_image_age_s if s.max_image_age_s > 0 else 0.0
 
 
 def _warning(logger):

@@ -2,8 +2,10 @@
 
 Every parameter is declared with a ParameterDescriptor (description, FloatingPointRange /
 IntegerRange, read_only). Read-only ones need a reload of the model or a new subscription; the
-others (prompt, period_s, the sampling parameters, max_new_tokens, max_image_age_s, max_pixels,
-request_timeout_s) take effect with the next request.
+others (prompt, period_s, video_frames, video_interval_s, the sampling parameters,
+max_new_tokens, max_image_age_s, max_pixels, request_timeout_s) take effect with the next
+request. The video parameters can change at run time because the ring buffer lives in the node's
+frame store: resizing it needs neither the model nor the subscription.
 
 Sampling parameters use sentinels that mean "what the model's generation_config.json says":
 temperature < 0, top_k < 0, top_p <= 0, repetition_penalty <= 0 (the defaults). Otherwise
@@ -61,6 +63,8 @@ class Spec:
                 return f'{self.name} must be in [{lo}, {hi}], got {value!r}'
         if self.name == 'prompt' and not str(value).strip():
             return 'prompt must not be empty'
+        if self.name == 'video_frames' and value == 1:
+            return 'video_frames must be 0 (image mode) or at least 2 (frames of one video)'
         return None
 
 
@@ -91,6 +95,17 @@ SPECS = (
          'Timer mode: describe the newest frame every period_s seconds with the default prompt; '
          '0 = off (service only). A tick while busy or without a fresh frame is skipped. '
          'Changeable at run time.', range=(0.0, 86400.0)),
+    Spec('video_frames', 0,
+         'Video mode: 0 = image mode (describe the newest frame); N >= 2 = the timer and '
+         '~/describe requests without an image describe the last N frames kept (at least '
+         'video_interval_s apart) as one video; until N are kept, ticks are skipped and '
+         "requests refused. Each pair of frames adds one image's vision tokens to the prompt, "
+         "which must fit the model's prefill. A request image is always described as an "
+         'image. Changeable at run time.', range=(0, 32)),
+    Spec('video_interval_s', 0.5,
+         'Video mode: minimum spacing in seconds, by header stamp, between the frames kept for '
+         "a video; 0 = keep every frame. 0.5 = 2 frames per second, qwen-vl-utils' default "
+         'video rate. Changeable at run time.', range=(0.0, 3600.0)),
     Spec('max_new_tokens', 128,
          'Upper bound on generated tokens per description (a request can set its own). '
          'Changeable at run time.', range=(1, 32768)),
@@ -145,6 +160,8 @@ class Settings:
     resize: str
     prompt: str
     period_s: float
+    video_frames: int
+    video_interval_s: float
     max_new_tokens: int
     temperature: float
     top_k: int
