@@ -10,6 +10,7 @@ them (and checks them) to the node process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -139,6 +140,28 @@ class NodeProcess:
             self.proc.wait(10)
         self._log.close()
         return rc, took
+
+
+@contextlib.contextmanager
+def ready_node(args: list, log_dir: Path, stop_signal=signal.SIGTERM, timeout: float = 90):
+    """Start the node, wait for its "ready" line, yield it, and stop it with ``stop_signal``."""
+    proc = NodeProcess(args, log_dir)
+    try:
+        proc.wait_for_log(READY, timeout)
+        yield proc
+    finally:
+        proc.stop(stop_signal, 5)
+
+
+@contextlib.contextmanager
+def service_client(timeout: float = 30, **kwargs):
+    """Yield a RosClient whose ~/describe service is available; close it afterwards."""
+    c = RosClient(**kwargs)
+    try:
+        c.wait_for_service(timeout)
+        yield c
+    finally:
+        c.close()
 
 
 def run_node_once(args: list, log_dir: Path, timeout: float) -> tuple[int, str]:

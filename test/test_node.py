@@ -15,7 +15,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    READY, NodeProcess, RosClient, image_msg, launch_arguments, now_stamp, picture)
+    ready_node, service_client, image_msg, launch_arguments, now_stamp, picture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,22 +30,14 @@ def node(tiny_onnx_dir, tmp_path_factory):
     args = launch_arguments(model_dir=str(tiny_onnx_dir), backend='onnxruntime',
                             image_topic=CAMERA, threads=1, queue_size=2, max_image_age_s=2.0,
                             max_pixels=MAX_PIXELS, request_timeout_s=60.0)
-    proc = NodeProcess(args, tmp_path_factory.mktemp('node'))
-    try:
-        proc.wait_for_log(READY, 90)
+    with ready_node(args, tmp_path_factory.mktemp('node'), signal.SIGTERM) as proc:
         yield proc
-    finally:
-        proc.stop(signal.SIGTERM, 5)
 
 
 @pytest.fixture(scope='module')
 def client(node):
-    c = RosClient(image_topic=CAMERA)
-    try:
-        c.wait_for_service(30)
+    with service_client(image_topic=CAMERA) as c:
         yield c
-    finally:
-        c.close()
 
 
 def same_stamp(a, b) -> bool:

@@ -17,7 +17,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    READY, NodeProcess, RosClient, compressed_msg, doctored_model, image_msg, launch_arguments,
+    ready_node, service_client, compressed_msg, doctored_model, image_msg, launch_arguments,
     now_stamp, picture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,22 +37,14 @@ def node(slow_model, tmp_path_factory):
     args = launch_arguments(namespace=NAMESPACE, model_dir=str(slow_model), image_topic=CAMERA,
                             threads=1, image_transport='compressed',
                             image_reliability='reliable', max_image_age_s=0.0)
-    proc = NodeProcess(args, tmp_path_factory.mktemp('node'))
-    try:
-        proc.wait_for_log(READY, 90)
+    with ready_node(args, tmp_path_factory.mktemp('node'), signal.SIGKILL) as proc:
         yield proc
-    finally:
-        proc.stop(signal.SIGKILL, 5)
 
 
 @pytest.fixture(scope='module')
 def client(node):
-    c = RosClient(node_ns=f'/{NAMESPACE}/qwen_vl', image_topic=CAMERA, compressed=True)
-    try:
-        c.wait_for_service(30)
+    with service_client(node_ns=f'/{NAMESPACE}/qwen_vl', image_topic=CAMERA, compressed=True) as c:
         yield c
-    finally:
-        c.close()
 
 
 def publish_until(client, msg, expect_ok: bool, timeout: float = 15.0):

@@ -18,7 +18,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    READY, NodeProcess, RosClient, image_msg, launch_arguments, picture)
+    ready_node, service_client, image_msg, launch_arguments, picture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,22 +47,14 @@ def node(model_dir, tmp_path_factory):
                             image_topic=CAMERA, threads=1, video_frames=N,
                             video_interval_s=INTERVAL, temperature=0.0, max_new_tokens=MAX_NEW,
                             prompt=PROMPT, max_image_age_s=5.0, request_timeout_s=60.0)
-    proc = NodeProcess(args, tmp_path_factory.mktemp('node_video'))
-    try:
-        proc.wait_for_log(READY, 90)
+    with ready_node(args, tmp_path_factory.mktemp('node_video'), signal.SIGTERM) as proc:
         yield proc
-    finally:
-        proc.stop(signal.SIGTERM, 5)
 
 
 @pytest.fixture(scope='module')
 def client(node):
-    c = RosClient(image_topic=CAMERA)
-    try:
-        c.wait_for_service(30)
+    with service_client(image_topic=CAMERA) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope='module')
