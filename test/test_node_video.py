@@ -71,11 +71,8 @@ def expect(core, rgbs, second_per_grid_t=1.0):
 
 
 def ros_text(text: str) -> str:
-    """Return ``text`` as a ROS string field carries it: up to the first NUL.
-
-    The tiny model's random text can contain U+0000; rosidl strings are NUL-terminated.
-    """
-    return text.split('\x00')[0]
+    """Return ``text`` as the node publishes it (U+0000 replaced, see convert.ros_string)."""
+    return text.replace('\x00', '\ufffd')
 
 
 def stamp_ns(ns: int):
@@ -334,3 +331,9 @@ def test_second_per_grid_t_is_twice_the_mean_spacing_rounded():
     assert second_per_grid_t(video(0.0, 0.4999, 0.9998, 1.4997)) == 1.0   # stamp jitter
     assert second_per_grid_t(video(0.0, 0.6, 1.1, 1.8)) == 1.2
     assert second_per_grid_t(video(3.0, 3.0)) is None
+
+
+def test_nul_in_generated_text_is_not_cut_off():
+    from qwen_vl_ros.ros.convert import ros_string, text_msg
+    assert ros_string('a\x00b') == 'a\ufffdb'
+    assert text_msg('door\x00open').data == 'door\ufffdopen'

@@ -12,6 +12,15 @@ TIMER = 'timer'
 SERVICE = 'service'
 
 
+def ros_string(text: str) -> str:
+    """Return ``text`` safe for a ROS string field.
+
+    rosidl strings end at the first NUL, so a U+0000 in generated text would silently cut the
+    rest off; it becomes U+FFFD (the replacement character) instead.
+    """
+    return text.replace('\x00', '\ufffd')
+
+
 def description_msg(result, header, prompt: str, trigger: str,
                     convert_ms: float = 0.0) -> Description:
     """Build the Description of ``result``.
@@ -23,7 +32,7 @@ def description_msg(result, header, prompt: str, trigger: str,
     msg = Description()
     msg.header = header
     msg.prompt = prompt
-    msg.text = result.text
+    msg.text = ros_string(result.text)
     msg.finish_reason = result.finish_reason
     msg.prompt_tokens = int(result.prompt_tokens)
     msg.generated_tokens = len(result.token_ids)
@@ -37,7 +46,7 @@ def description_msg(result, header, prompt: str, trigger: str,
 
 
 def text_msg(text: str) -> String:
-    return String(data=text)
+    return String(data=ros_string(text))
 
 
 # error class -> (counter, reply prefix); the first match wins (subclasses first)
