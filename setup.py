@@ -21,6 +21,7 @@ setup(
         'ml_dtypes',
         'opencv-python-headless',
         'transformers',
+        'jinja2',  # transformers renders the chat template with it (not its own dependency)
         'onnxruntime',
         'pyyaml',
     ],

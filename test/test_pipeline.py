@@ -265,3 +265,12 @@ def test_cli_never_imports_torch(tiny_onnx_dir):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])['generated_tokens'] == 2
+
+
+def test_broken_chat_template_fails_the_load(tiny_onnx_dir, tmp_path):
+    broken = tmp_path / 'model'
+    shutil.copytree(tiny_onnx_dir, broken)
+    (broken / 'chat_template.json').write_text(json.dumps(
+        {'chat_template': '{{ messages[0]["content"] + 1 }}'}))
+    with pytest.raises(ModelDirError, match='chat template does not render'):
+        Pipeline.load(str(broken), progress=lambda m: None)

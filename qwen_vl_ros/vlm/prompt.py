@@ -78,6 +78,12 @@ def load_tokenizer(tokenizer_dir: str):
     elif not getattr(tok, 'chat_template', None):
         raise ModelDirError(f'{tokenizer_dir}: no chat template (chat_template.json, '
                             'chat_template.jinja or in tokenizer_config.json)')
+    try:  # render once now, so that a broken template or a missing jinja2 fails the load
+        tok.apply_chat_template([{'role': 'user', 'content': [{'type': 'text', 'text': ''}]}],
+                                tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # ImportError (no jinja2), jinja2's TemplateError, ...
+        raise ModelDirError(f'{tokenizer_dir}: the chat template does not render: '
+                            f'{type(e).__name__}: {e}') from e
     return tok
 
 
