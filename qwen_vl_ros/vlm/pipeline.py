@@ -96,7 +96,10 @@ class Pipeline:
     def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
              providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
              resize: str = 'stretch', kv_len: int = 1023, progress=None) -> Pipeline:
-        """Find, check and open every model file; ``progress(str)`` hears each stage."""
+        """Find, check and open every model file; ``progress(str)`` hears each stage.
+
+        ``kv_len`` is used only by the older pyaxengine API, which cannot report model shapes.
+        """
         say = progress or log.info
         t0 = time.perf_counter()
         files = find_model_files(model_dir, tokenizer_dir)
@@ -105,22 +108,15 @@ class Pipeline:
                                  threads)
         say(f'loading {model_dir} with {runtime.name}: {cfg.num_layers} layers, '
             f'hidden {cfg.hidden_size}, vocab {cfg.vocab_size}')
-        legacy = getattr(runtime, 'legacy', False)
-        vision = runtime.open({-1: files.vision}, **cls._legacy_vision(files, legacy))
+        vision = runtime.open({-1: files.vision}, 'vision', files, kv_len)
         say(f'vision model loaded ({time.perf_counter() - t0:.1f} s)')
-        layer_specs = None
-        if legacy:
-            from .runtime.axengine import legacy_layer_specs
-            layer_specs = legacy_layer_specs(files.layers[0][-1], cfg.hidden_size, cfg.kv_dim,
-                                             kv_len)
         layers = []
         for i, paths in enumerate(files.layers):
-            layers.append(runtime.open(paths, **({'legacy_specs': layer_specs} if legacy
-                                                 else {})))
+            layers.append(runtime.open(paths, 'layer', files, kv_len))
             if (i + 1) % max(1, cfg.num_layers // 4) == 0 or i + 1 == cfg.num_layers:
                 say(f'decoder layers loaded: {i + 1}/{cfg.num_layers} '
                     f'({time.perf_counter() - t0:.1f} s)')
-        post = runtime.open({-1: files.post}, **cls._legacy_post(files, legacy))
+        post = runtime.open({-1: files.post}, 'post', files, kv_len)
         decoder = DecoderStack(layers, post)
         embeddings = EmbeddingTable(files.embeddings, cfg.vocab_size, cfg.hidden_size)
         if decoder.hidden != cfg.hidden_size or decoder.kv_dim != cfg.kv_dim:
@@ -133,32 +129,6 @@ class Pipeline:
             f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
             f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
         return pipe
-
-    @staticmethod
-    def _legacy_vision(files, legacy: bool) -> dict:
-        if not legacy:
-            return {}
-        import ml_dtypes  # noqa: F401  (the older runtime takes bf16 features as is)
-        from .runtime.base import TensorSpec
-        h, w = files.vision_size_hint or (448, 448)
-        p, m = files.config.patch_size, files.config.spatial_merge_size
-        seq = (h // p) * (w // p)
-        t = files.config.temporal_patch_size
-        ins = {0: [TensorSpec('hidden_states', (1, seq, t * p * p, 3), np.dtype(np.uint8))]}
-        outs = {0: [TensorSpec('output', (seq // m // m, files.config.hidden_size),
-                               np.dtype(np.float32))]}
-        return {'legacy_specs': (ins, outs)}
-
-    @staticmethod
-    def _legacy_post(files, legacy: bool) -> dict:
-        if not legacy:
-            return {}
-        import ml_dtypes
-        from .runtime.base import TensorSpec
-        bf16 = np.dtype(ml_dtypes.bfloat16)
-        d, v = files.config.hidden_size, files.config.vocab_size
-        return {'legacy_specs': ({0: [TensorSpec('input', (1, 1, d), bf16)]},
-                                 {0: [TensorSpec('output', (1, 1, v), bf16)]})}
 
     def _vision_size(self) -> tuple:
         """(H, W) the vision model was compiled for, from its input shape (and file name)."""

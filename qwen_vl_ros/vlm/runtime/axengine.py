@@ -123,7 +123,7 @@ class LegacyAxSession(_SpecTableSession):
         return list(out.values()) if isinstance(out, dict) else list(out)
 
 
-def legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
+def _legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
     """Contract shapes of a single-prefill layer, for the older runtime (no introspection)."""
     m = re.search(r'_p(\d+)_', path)
     if not m:
@@ -147,6 +147,26 @@ def legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
     return ins, {0: outs(1), 1: outs(p)}
 
 
+def legacy_specs(role: str, path: str, files, kv_len: int):
+    """(input specs, output specs) per group from the axmodel contract, for the older runtime."""
+    cfg = files.config
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    if role == 'layer':
+        return _legacy_layer_specs(path, cfg.hidden_size, cfg.kv_dim, kv_len)
+    if role == 'post':
+        return ({0: [TensorSpec('input', (1, 1, cfg.hidden_size), bf16)]},
+                {0: [TensorSpec('output', (1, 1, cfg.vocab_size), bf16)]})
+    if role == 'vision':
+        h, w = files.vision_size_hint or (448, 448)
+        p, m = cfg.patch_size, cfg.spatial_merge_size
+        seq = (h // p) * (w // p)
+        per_patch = cfg.temporal_patch_size * p * p
+        return ({0: [TensorSpec('hidden_states', (1, seq, per_patch, 3), np.dtype(np.uint8))]},
+                {0: [TensorSpec('output', (seq // m // m, cfg.hidden_size),
+                                np.dtype(np.float32))]})
+    raise ValueError(f'unknown model role {role!r}')
+
+
 class AxEngineRuntime(Runtime):
     """Opens axmodels with pyaxengine; the API generation is detected once at start."""
 
@@ -158,11 +178,9 @@ class AxEngineRuntime(Runtime):
         self.providers = providers
         self.provider_options = provider_options
 
-    def open(self, paths: dict, legacy_specs=None) -> Session:
+    def open(self, paths: dict, role: str = '', files=None, kv_len: int = 1023) -> Session:
         """Open one .axmodel (every shape group lives in the one file)."""
         path = paths[min(paths)]
         if self.legacy:
-            if legacy_specs is None:
-                raise ModelDirError(f'{path}: the older pyaxengine API cannot describe inputs')
-            return LegacyAxSession(path, *legacy_specs)
+            return LegacyAxSession(path, *legacy_specs(role, path, files, kv_len))
         return AxSession(path, self.providers, self.provider_options)

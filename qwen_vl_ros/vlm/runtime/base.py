@@ -64,6 +64,10 @@ class Runtime:
 
     name = ''
 
-    def open(self, paths: dict) -> Session:
-        """Open a model given as {shape group: path} (-1 = one file holding every group)."""
+    def open(self, paths: dict, role: str, files, kv_len: int) -> Session:
+        """Open a model given as {shape group: path} (-1 = one file holding every group).
+
+        ``role`` ('vision', 'layer' or 'post'), the model directory's ``files`` and ``kv_len``
+        matter only to a runtime that cannot read shapes from the model (older pyaxengine).
+        """
         raise NotImplementedError

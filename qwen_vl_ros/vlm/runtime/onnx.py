@@ -72,6 +72,6 @@ class OnnxRuntime(Runtime):
         self.providers = list(providers) if providers else ['CPUExecutionProvider']
         self.threads = threads
 
-    def open(self, paths: dict) -> Session:
-        """Open one model (one file per shape group)."""
+    def open(self, paths: dict, role: str = '', files=None, kv_len: int = 0) -> Session:
+        """Open one model (one file per shape group); shapes come from the files."""
         return OnnxSession(paths, self.providers, self.threads)
