@@ -4,6 +4,7 @@ The references are independent of the exporter: expected signatures are written 
 contract's tables, pixel values come from transformers' image processor, positions from
 `get_rope_index`, logits and KV rows from the HF model's own forward pass.
 """
+import hashlib
 import json
 import math
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip('torch', reason='the exporter needs torch (pip install .[export])')
@@ -19,8 +21,9 @@ from transformers import AutoTokenizer  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor  # noqa: E402
 
 from qwen_vl_ros.export import cli, tiny  # noqa: E402
-from qwen_vl_ros.export.graph_io import export_graph  # noqa: E402
+from qwen_vl_ros.export.graph_io import SharedWeights, export_graph  # noqa: E402
 from qwen_vl_ros.export.post import PostStandIn  # noqa: E402
+from qwen_vl_ros.vlm.model_dir import find_model_files  # noqa: E402
 
 BLOCKED = -65536.0
 # History 48 also serves the chunk at 32 (rows 32..47 zero and masked), as CONTRACT.md allows.
@@ -332,6 +335,122 @@ def test_bf16_embeddings_layout(export_variant, tiny_hf_model):
     assert raw.size == table.numel()
     expected = table.to(torch.bfloat16).float().numpy()  # torch's rounding: round to nearest even
     np.testing.assert_array_equal(raw.reshape(table.shape).astype(np.float32), expected)
+
+
+# ---------------------------------------------------------------- shared layer weights
+
+def external_regions(path) -> dict:
+    """{sha256 of the bytes: (location, offset, length)} of a graph's initializers."""
+    model = onnx.load(str(path), load_external_data=False)
+    assert not [n for n in model.graph.node if n.op_type == 'Constant'
+                and n.attribute[0].t.ByteSize() > 1024], 'big constants stay in the graph'
+    regions = {}
+    for t in model.graph.initializer:
+        assert t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data, t.name
+        entry = {e.key: e.value for e in t.external_data}
+        location, offset, length = entry['location'], int(entry['offset']), int(entry['length'])
+        with open(Path(path).parent / location, 'rb') as f:
+            f.seek(offset)
+            data = f.read(length)
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        assert len(data) == length == np.prod(t.dims, dtype=np.int64) * itemsize, t.name
+        regions.setdefault(hashlib.sha256(data).digest(), set()).add((location, offset, length))
+    return regions
+
+
+def self_contained_size(path) -> int:
+    """Bytes of a graph with its external data inline (how every group file was written before)."""
+    return onnx.load(str(path), load_external_data=True).ByteSize()
+
+
+@pytest.mark.parametrize('variant', ['default', 'chunked'])
+def test_layer_groups_share_one_weights_file(tiny_onnx_dir, export_variant, tiny_hf_model,
+                                             variant):
+    d, prefill, n_groups = ((tiny_onnx_dir, 320, 2) if variant == 'default'
+                            else (export_variant(**CHUNKED), 16, 5))
+    s = sizes(d)
+    head_dim = s['D'] // tiny_hf_model.config.text_config.num_attention_heads
+    # cos and sin tables for twice the largest context (decode: kv-len 1023 + 1 in both builds)
+    rope_bytes = 2 * (2 * (1023 + 1)) * head_dim * 4
+    assert sorted(f.name for f in d.glob('*.weights')) == \
+        [f'qwen2_5_vl_p{prefill}_l{i}_together.weights' for i in range(s['layers'])]
+    files = find_model_files(str(d))  # the weights files are no model files
+    assert [sorted(layer) for layer in files.layers] == [list(range(n_groups))] * s['layers']
+    assert all(path.endswith('.onnx') for layer in files.layers for path in layer.values())
+    assert files.vision.endswith('_448x448.onnx' if variant == 'default' else '_112x112.onnx')
+    assert files.post.endswith('qwen2_5_vl_post.onnx')
+
+    layer_files, before = 0, 0
+    for i, layer in enumerate(tiny_hf_model.model.language_model.layers):
+        weights = d / f'qwen2_5_vl_p{prefill}_l{i}_together.weights'
+        groups = [d / f'qwen2_5_vl_p{prefill}_l{i}_together_g{g}.onnx' for g in range(n_groups)]
+        regions = [external_regions(path) for path in groups]
+        # Every group holds the same tensors, in the same place of the same file.
+        assert all(r == regions[0] for r in regions)
+        assert all(len(places) == 1 and next(iter(places))[0] == weights.name
+                   for places in regions[0].values())
+        # The file is one copy of the layer's parameters plus its rope tables (and alignment).
+        spans = sorted(next(iter(places))[1:] for places in regions[0].values())
+        assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:])), 'no overlap'
+        one_copy = sum(t.numel() * 4 for t in layer.parameters()) + rope_bytes
+        assert sum(n for _, n in spans) == one_copy
+        assert one_copy <= weights.stat().st_size < one_copy + 64 * len(spans)
+        # The graphs themselves are small: the rope tables went to the weights file too. Before,
+        # every group file held all of it (its size with the external data read back in).
+        assert all(path.stat().st_size < 64 * 1024 for path in groups)
+        layer_bytes = weights.stat().st_size + sum(path.stat().st_size for path in groups)
+        inline = sum(self_contained_size(path) for path in groups)  # one copy per group
+        assert layer_bytes < inline * (0.6 if n_groups == 2 else 0.3)
+        layer_files, before = layer_files + layer_bytes, before + inline
+    total = sum(f.stat().st_size for f in d.iterdir())
+    before += total - layer_files
+    assert total < before * (0.75 if n_groups == 2 else 0.4), (total, before)
+
+
+def test_shared_weights_file_layout(tmp_path):
+    """SharedWeights on hand-made graphs: each distinct tensor once, big ones 64 KiB aligned."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    big = rng.normal(size=(512, 600)).astype(np.float32)        # 1.2 MB: 64 KiB aligned
+    bias = rng.normal(size=(600,)).astype(np.float32)
+    table = rng.normal(size=(8, 600)).astype(np.float32)        # a Constant node, made external
+
+    def graph(scale: float) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 512])
+        y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [8, 600])
+        nodes = [helper.make_node('Constant', [], ['table'],
+                                  value=numpy_helper.from_array(table, 'table')),
+                 helper.make_node('MatMul', ['x', 'big'], ['xw']),
+                 helper.make_node('Add', ['xw', 'bias'], ['xb']),
+                 helper.make_node('Mul', ['xb', 'scale'], ['xs']),
+                 helper.make_node('Add', ['xs', 'table'], ['y'])]
+        inits = [numpy_helper.from_array(big, 'big'), numpy_helper.from_array(bias, 'bias'),
+                 numpy_helper.from_array(np.array(scale, np.float32), 'scale')]
+        model = helper.make_model(helper.make_graph(nodes, 'g', [x], [y], inits),
+                                  opset_imports=[helper.make_opsetid('', 17)])
+        model.ir_version = 8
+        return model
+
+    weights = tmp_path / 'shared.weights'
+    with SharedWeights(weights) as shared:
+        shared.save(graph(1.0), tmp_path / 'a.onnx')
+        shared.save(graph(2.0), tmp_path / 'b.onnx')
+    a, b = (external_regions(tmp_path / n) for n in ('a.onnx', 'b.onnx'))
+    assert len(a) == len(b) == 4 and len(set(a) | set(b)) == 5  # only the scales differ
+    offsets = {n: off for places in a.values() for _, off, n in places}
+    assert offsets[big.nbytes] % 65536 == 0
+    assert all(off % 64 == 0 for off in offsets.values())
+    distinct = big.nbytes + bias.nbytes + table.nbytes + 2 * 4
+    assert distinct <= weights.stat().st_size < distinct + 65536 + 4 * 64
+    x = rng.normal(size=(1, 512)).astype(np.float32)
+    for name, scale in (('a.onnx', 1.0), ('b.onnx', 2.0)):
+        (y,) = session(tmp_path / name).run(None, {'x': x})
+        np.testing.assert_allclose(y, (x @ big + bias) * scale + table, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match='directory'):
+        with SharedWeights(tmp_path / 'other.weights') as shared:
+            (tmp_path / 'sub').mkdir()
+            shared.save(graph(3.0), tmp_path / 'sub' / 'c.onnx')
 
 
 # ---------------------------------------------------------------- numbers

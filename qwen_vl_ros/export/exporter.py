@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from . import files
-from .graph_io import export_graph
+from .graph_io import SharedWeights, export_graph, trace_graph
 from .layer import DecoderLayerStandIn, RopeTables, example_inputs, mrope_section
 from .post import PostStandIn
 from .shapes import LAYER_INPUTS, LAYER_OUTPUTS, LayerGroup, layer_groups, max_context
@@ -42,6 +42,11 @@ def vision_file(height: int, width: int) -> str:
 def layer_file(prefill_len: int, layer: int, group: int) -> str:
     """File name of shape group `group` of decoder layer `layer` in a build of prefill length P."""
     return f'qwen2_5_vl_p{prefill_len}_l{layer}_together_g{group}.onnx'
+
+
+def layer_weights_file(prefill_len: int, layer: int) -> str:
+    """File name of the weights all shape groups of decoder layer `layer` reference."""
+    return f'qwen2_5_vl_p{prefill_len}_l{layer}_together.weights'
 
 
 POST_FILE = 'qwen2_5_vl_post.onnx'
@@ -114,9 +119,12 @@ def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup])
     # Positions never exceed the token count for text and images; video temporal ids can run
     # ahead of it (group * seconds * tokens_per_second), so the tables get twice the room.
     rope = RopeTables(rotary.inv_freq, rotary.attention_scaling, 2 * max_context(groups))
+    # The groups of a layer are graphs over the same weights (and rope tables): one file holds
+    # them, each tensor once, and every group's .onnx references it.
     for i, layer in enumerate(model.model.language_model.layers):
-        for group in groups:
-            wrapper = DecoderLayerStandIn(layer, cfg, rope, group).eval()
-            path = out / layer_file(prefill_len, i, group.index)
-            export_graph(wrapper, example_inputs(group), path, LAYER_INPUTS, LAYER_OUTPUTS,
-                         uint32_inputs=('indices',))
+        with SharedWeights(out / layer_weights_file(prefill_len, i)) as weights:
+            for group in groups:
+                wrapper = DecoderLayerStandIn(layer, cfg, rope, group).eval()
+                graph = trace_graph(wrapper, example_inputs(group), LAYER_INPUTS,
+                                    LAYER_OUTPUTS, uint32_inputs=('indices',), scratch_dir=out)
+                weights.save(graph, out / layer_file(prefill_len, i, group.index))

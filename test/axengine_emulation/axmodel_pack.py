@@ -16,7 +16,10 @@ engine converts at its boundary (bf16 <-> the graph's float32).
 
 ``pack_model_dir(onnx_dir, out_dir)`` turns a whole stand-in directory into the axmodel layout:
 vision, post and one container per decoder layer; every other file (configs, tokenizer,
-embedding table) is symlinked, not copied.
+embedding table) is symlinked, not copied. External data (the ``*_together.weights`` file the
+groups of a layer share, a ``.onnx.data``) is read back into each graph when packed, so a
+container is self-contained (one copy of the weights per group) as long as each graph stays
+under protobuf's 2 GB.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from pathlib import Path
 
 MAGIC = b'AXEMU\x01\n'
 VISION_FLOAT32_OUTPUTS = ('hidden_states_out',)
+# External data files of the stand-ins, packed into the containers instead of linked.
+_WEIGHTS_SUFFIXES = ('.onnx.data', '.weights')
+_PROTOBUF_LIMIT = 1 << 31
 _LAYER = re.compile(r'^(.*_l\d+_together)_g(\d+)\.onnx$')
 _ONNX_TYPES = {1: 'float32', 2: 'uint8', 3: 'int8', 4: 'uint16', 5: 'int16', 6: 'int32',
                12: 'uint32', 16: 'bfloat16'}
@@ -51,10 +57,12 @@ def pack(onnx_files: list, out_path, keep_float32=()) -> Path:
     import onnx
     groups, blobs, offset = [], [], 0
     for path in onnx_files:
-        data = Path(path).read_bytes()
-        model = onnx.load_model_from_string(data)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-            raise ValueError(f'{path}: external-data ONNX files cannot be packed')
+        # With its external data (a layer's shared .weights, a big model's .onnx.data) read
+        # back in: a container holds self-contained graphs, each group its own copy.
+        model = onnx.load(str(path), load_external_data=True)
+        if model.ByteSize() >= _PROTOBUF_LIMIT:
+            raise ValueError(f'{path}: over 2 GB with its weights, cannot be packed inline')
+        data = model.SerializeToString()
         groups.append({'onnx': [offset, len(data)],
                        'inputs': _tensors(model.graph.input, keep_float32),
                        'outputs': _tensors(model.graph.output, keep_float32)})
@@ -81,7 +89,7 @@ def pack_model_dir(onnx_dir, out_dir) -> Path:
         elif p.suffix == '.onnx':
             keep = VISION_FLOAT32_OUTPUTS if 'vision' in p.name else ()
             pack([p], out / (p.stem + '.axmodel'), keep)
-        elif not p.name.endswith('.onnx.data'):
+        elif not p.name.endswith(_WEIGHTS_SUFFIXES):
             link = out / p.name
             if not link.exists():
                 os.symlink(p, link)
