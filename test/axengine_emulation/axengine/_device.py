@@ -126,15 +126,21 @@ class CMM:
 MEMORY = CMM()
 
 
-def flush(phy: int, vir: int, size: int) -> int:
-    """CPU cache -> device for one range; nonzero when phy/vir/size do not match a block."""
+def _device_addr(phy: int, vir: int, size: int):
+    """Device address of a CPU range of one CMM block, or None when phy/vir/size do not match."""
     try:
         block, off = MEMORY.find(phy, size)
     except ValueError:
+        return None
+    return block.dev_addr + off if vir == block.vir + off else None
+
+
+def flush(phy: int, vir: int, size: int) -> int:
+    """CPU cache -> device for one range; nonzero when phy/vir/size do not match a block."""
+    dev = _device_addr(phy, vir, size)
+    if dev is None:
         return -1
-    if vir != block.vir + off:
-        return -1
-    ctypes.memmove(block.dev_addr + off, vir, size)
+    ctypes.memmove(dev, vir, size)
     STATS.flush_calls += 1
     STATS.flush_bytes += size
     return 0
@@ -142,13 +148,10 @@ def flush(phy: int, vir: int, size: int) -> int:
 
 def invalidate(phy: int, vir: int, size: int) -> int:
     """Device -> CPU view for one range (drop the stale cache lines)."""
-    try:
-        block, off = MEMORY.find(phy, size)
-    except ValueError:
+    dev = _device_addr(phy, vir, size)
+    if dev is None:
         return -1
-    if vir != block.vir + off:
-        return -1
-    ctypes.memmove(vir, block.dev_addr + off, size)
+    ctypes.memmove(vir, dev, size)
     STATS.invalidate_calls += 1
     STATS.invalidate_bytes += size
     return 0
