@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -16,6 +17,21 @@ EMULATION = REPO / 'test' / 'axengine_emulation'
 SHARED = REPO.parent / 'shared'
 REAL_CONFIG = SHARED / 'qwen2_5_vl_3b'
 DEMO_IMAGE = SHARED / 'seed' / 'demo.jpg'
+
+
+def bench_parser(doc: str, stand_in_dirs: bool = False) -> argparse.ArgumentParser:
+    """Start a bench's command line: its docstring as help, --json (read by run_all).
+
+    ``stand_in_dirs`` adds the real-shape stand-in directories (--onnx-dir, --ax-dir) and --runs.
+    """
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--json', help='also write the figures to this JSON file')
+    if stand_in_dirs:
+        p.add_argument('--onnx-dir', required=True, type=Path)
+        p.add_argument('--ax-dir', required=True, type=Path)
+        p.add_argument('--runs', type=int, default=3)
+    return p
 
 
 def demo_image_bgr():

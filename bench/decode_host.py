@@ -22,7 +22,6 @@ Targets: pipeline <= 2 ms per token in (a) and (b); in (b) at most 1/5 of the na
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -33,8 +32,9 @@ import ml_dtypes
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (demo_image_bgr, machine, machine_line, median,  # noqa: E402
-                    use_emulated_axengine, verdict, write_result)
+from common import (  # noqa: E402
+    bench_parser, demo_image_bgr, machine, machine_line, median, use_emulated_axengine, verdict,
+    write_result)
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline  # noqa: E402
 
@@ -281,13 +281,8 @@ def emulation_part(ax_dir: Path, tokens: int, runs: int) -> dict:
 
 def main(argv=None) -> int:
     """Run both parts, print the figures, write the JSON result."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--onnx-dir', required=True, type=Path)
-    p.add_argument('--ax-dir', required=True, type=Path)
+    p = bench_parser(__doc__, stand_in_dirs=True)
     p.add_argument('--tokens', type=int, default=48)
-    p.add_argument('--runs', type=int, default=3)
-    p.add_argument('--json')
     args = p.parse_args(argv)
 
     a = onnxruntime_part(args.onnx_dir, args.tokens, args.runs)

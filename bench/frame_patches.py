@@ -18,7 +18,6 @@ Target: the pipeline at least 20x faster than the demo.
 
 from __future__ import annotations
 
-import argparse
 import array
 import sys
 from pathlib import Path
@@ -28,8 +27,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (demo_image_bgr, machine, machine_line, median, percentile,  # noqa
-                    timed, verdict, write_result)
+from common import (  # noqa: E402
+    bench_parser, demo_image_bgr, machine, machine_line, median, percentile, timed, verdict,
+    write_result)
 
 from qwen_vl_ros.image_msg import image_to_rgb  # noqa: E402
 from qwen_vl_ros.vlm.vision import fit_frame, frames_to_patches  # noqa: E402
@@ -75,10 +75,8 @@ def demo(msg, processor, via_numpy: bool = False) -> np.ndarray:
 
 def main(argv=None) -> int:
     """Time both paths, print the figures, write the JSON result."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument('--rounds', type=int, default=60)
-    p.add_argument('--json')
     args = p.parse_args(argv)
     msg = camera_message()
     proc = demo_processor()

@@ -12,7 +12,6 @@ Target: the table adds at most 50 MB resident.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import demo_image_file, machine, machine_line, verdict, write_result  # noqa: E402
+from common import (  # noqa: E402
+    bench_parser, demo_image_file, machine, machine_line, verdict, write_result)
 
 PROBE = Path(__file__).resolve().parent / '_rss_probe.py'
 MB = 2**20
@@ -41,11 +41,9 @@ def probe(model_dir: Path, mode: str) -> dict:
 
 def main(argv=None) -> int:
     """Run the three cases, print the figures, write the JSON result."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument('--npy-dir', required=True, type=Path)
     p.add_argument('--bf16-dir', required=True, type=Path)
-    p.add_argument('--json')
     args = p.parse_args(argv)
     runs = {'npy_mmap': probe(args.npy_dir, 'mmap'), 'bf16_mmap': probe(args.bf16_dir, 'mmap'),
             'npy_whole': probe(args.npy_dir, 'whole')}

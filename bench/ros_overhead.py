@@ -20,7 +20,6 @@ p50 overhead at most 5 ms.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -31,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_line, median, percentile, verdict, write_result  # noqa
+from common import (  # noqa: E402
+    bench_parser, machine, machine_line, median, percentile, verdict, write_result)
 
 MAX_NEW_TOKENS = 8
 
@@ -125,12 +125,10 @@ def measure(calls: int, warmup: int = 5) -> tuple:
 
 def main(argv=None) -> int:
     """Start the node, time the calls, print the figures, write the JSON result."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument('--model-dir', required=True, type=Path)
     p.add_argument('--calls', type=int, default=100)
     p.add_argument('--log-dir', type=Path, default=Path('build/ros_log'))
-    p.add_argument('--json')
     args = p.parse_args(argv)
     if os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE') != 'LOCALHOST' or \
             not os.environ.get('ROS_DOMAIN_ID'):

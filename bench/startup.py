@@ -19,7 +19,6 @@ driver's model loading adds to the session stages; the host stages stay as measu
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EMULATION, REPO, machine, machine_line, median, write_result  # noqa: E402
+from common import (  # noqa: E402
+    EMULATION, REPO, bench_parser, machine, machine_line, median, write_result)
 
 STAGES = (('loading', 'start -> runtime chosen'), ('vision model loaded', 'vision model'),
           ('decoder layers loaded: {n}/{n}', 'decoder layers'), ('model ready', 'post, '
@@ -91,13 +91,8 @@ def med(runs: list) -> dict:
 
 def main(argv=None) -> int:
     """Time the starts, print the stages, write the JSON result."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--onnx-dir', required=True, type=Path)
-    p.add_argument('--ax-dir', required=True, type=Path)
+    p = bench_parser(__doc__, stand_in_dirs=True)
     p.add_argument('--layers', type=int, default=36)
-    p.add_argument('--runs', type=int, default=3)
-    p.add_argument('--json')
     args = p.parse_args(argv)
     results = {'onnxruntime': [], 'axengine_emulation': [], 'demo': []}
     for _ in range(args.runs):  # interleaved, so that all three see the same page cache

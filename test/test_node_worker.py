@@ -23,6 +23,14 @@ def make_worker(load, queue_size=1):
     return w, rec
 
 
+def ready_worker(queue_size=1):
+    """Start a worker and wait for its instant load; its pipeline is the string 'pipe'."""
+    w, rec = make_worker(lambda: 'pipe', queue_size)
+    w.start()
+    assert rec.loaded.wait(5)
+    return w
+
+
 def blocking_job(release: threading.Event, started: threading.Event | None = None):
     def run(pipe, should_stop):
         if started:
@@ -66,9 +74,7 @@ def test_load_failure_is_reported_and_refuses_requests():
 
 
 def test_full_queue_refuses_at_once_and_timer_rule_only_if_idle():
-    w, rec = make_worker(lambda: 'pipe', queue_size=1)
-    w.start()
-    assert rec.loaded.wait(5)
+    w = ready_worker(1)
     release, started = threading.Event(), threading.Event()
     running = w.submit(blocking_job(release, started))
     assert started.wait(5)
@@ -89,9 +95,7 @@ def test_full_queue_refuses_at_once_and_timer_rule_only_if_idle():
 
 
 def test_a_failing_job_does_not_stop_the_worker():
-    w, rec = make_worker(lambda: 'pipe')
-    w.start()
-    assert rec.loaded.wait(5)
+    w = ready_worker()
 
     def boom(p, s):
         raise ValueError('bad frame')
@@ -103,9 +107,7 @@ def test_a_failing_job_does_not_stop_the_worker():
 
 
 def test_cancel_and_stop():
-    w, rec = make_worker(lambda: 'pipe', queue_size=2)
-    w.start()
-    assert rec.loaded.wait(5)
+    w = ready_worker(2)
     never, started = threading.Event(), threading.Event()
     running = w.submit(blocking_job(never, started))
     assert started.wait(5)

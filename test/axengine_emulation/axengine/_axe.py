@@ -73,27 +73,24 @@ class AXEngineSession(Session):
         self._io[0].pInputs = _inputs
         self._io[0].pOutputs = _outputs
 
-        self._io_inputs_pool = []
-        for i in range(len(self.get_inputs())):
-            size = max(self._info[g][0][i].nbytes for g in range(self._shape_count))
-            self._io[0].pInputs[i].nSize = size
-            phy, vir = engine_cffi.new('AX_U64*'), engine_cffi.new('AX_VOID**')
-            self._io_inputs_pool.append((phy, vir))
-            if sys_lib.AX_SYS_MemAllocCached(phy, vir, size, self._align, self._cmm_token):
-                raise RuntimeError('Failed to allocate memory for input.')
-            self._io[0].pInputs[i].phyAddr = phy[0]
-            self._io[0].pInputs[i].pVirAddr = vir[0]
+        # One persistent cached CMM buffer per input and per output index, sized to the largest
+        # shape group, exactly as pyaxengine allocates them.
+        self._io_inputs_pool = self._alloc_pool(self._io[0].pInputs, 0, 'input')
+        self._io_outputs_pool = self._alloc_pool(self._io[0].pOutputs, 1, 'output')
 
-        self._io_outputs_pool = []
-        for i in range(len(self.get_outputs())):
-            size = max(self._info[g][1][i].nbytes for g in range(self._shape_count))
-            self._io[0].pOutputs[i].nSize = size
+    def _alloc_pool(self, buffers, side: int, what: str) -> list:
+        pool = []
+        count = len(self.get_inputs() if side == 0 else self.get_outputs())
+        for i in range(count):
+            size = max(self._info[g][side][i].nbytes for g in range(self._shape_count))
+            buffers[i].nSize = size
             phy, vir = engine_cffi.new('AX_U64*'), engine_cffi.new('AX_VOID**')
-            self._io_outputs_pool.append((phy, vir))
+            pool.append((phy, vir))
             if sys_lib.AX_SYS_MemAllocCached(phy, vir, size, self._align, self._cmm_token):
-                raise RuntimeError('Failed to allocate memory for output.')
-            self._io[0].pOutputs[i].phyAddr = phy[0]
-            self._io[0].pOutputs[i].pVirAddr = vir[0]
+                raise RuntimeError(f'Failed to allocate memory for {what}.')
+            buffers[i].phyAddr = phy[0]
+            buffers[i].pVirAddr = vir[0]
+        return pool
 
     def __enter__(self):
         return self

@@ -126,35 +126,32 @@ class CMM:
 MEMORY = CMM()
 
 
-def _device_addr(phy: int, vir: int, size: int):
-    """Device address of a CPU range of one CMM block, or None when phy/vir/size do not match."""
+def _sync(phy: int, vir: int, size: int, kind: str) -> int:
+    """Copy one range between the CPU view and the device ('flush': to it, 'invalidate': back).
+
+    Returns nonzero, as the SDK does, when phy/vir/size do not lie in one CMM block.
+    """
     try:
         block, off = MEMORY.find(phy, size)
     except ValueError:
-        return None
-    return block.dev_addr + off if vir == block.vir + off else None
+        return -1
+    if vir != block.vir + off:
+        return -1
+    dev = block.dev_addr + off
+    ctypes.memmove(*((dev, vir) if kind == 'flush' else (vir, dev)), size)
+    setattr(STATS, f'{kind}_calls', getattr(STATS, f'{kind}_calls') + 1)
+    setattr(STATS, f'{kind}_bytes', getattr(STATS, f'{kind}_bytes') + size)
+    return 0
 
 
 def flush(phy: int, vir: int, size: int) -> int:
-    """CPU cache -> device for one range; nonzero when phy/vir/size do not match a block."""
-    dev = _device_addr(phy, vir, size)
-    if dev is None:
-        return -1
-    ctypes.memmove(dev, vir, size)
-    STATS.flush_calls += 1
-    STATS.flush_bytes += size
-    return 0
+    """CPU cache -> device for one range (AX_SYS_MflushCache)."""
+    return _sync(phy, vir, size, 'flush')
 
 
 def invalidate(phy: int, vir: int, size: int) -> int:
-    """Device -> CPU view for one range (drop the stale cache lines)."""
-    dev = _device_addr(phy, vir, size)
-    if dev is None:
-        return -1
-    ctypes.memmove(vir, dev, size)
-    STATS.invalidate_calls += 1
-    STATS.invalidate_bytes += size
-    return 0
+    """Device -> CPU view for one range (AX_SYS_MinvalidateCache)."""
+    return _sync(phy, vir, size, 'invalidate')
 
 
 # -- models -----------------------------------------------------------------------------------
