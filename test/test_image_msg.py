@@ -75,8 +75,11 @@ def test_rgb8_is_a_view_of_the_message_data():
 ])
 def test_colour_8bit(encoding, code):
     rgb = smooth_rgb()
-    out = image_to_rgb(msg_from_array(cv2.cvtColor(rgb, code), encoding))
+    msg = msg_from_array(cv2.cvtColor(rgb, code), encoding)
+    out = image_to_rgb(msg)
     np.testing.assert_array_equal(out, rgb)
+    if encoding == 'bgr8':  # a channel-reversed view of the message data, not a copy
+        assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
 
 
 def test_mono8():

@@ -89,3 +89,16 @@ def test_patch_size_and_mixed_sizes_refused():
         frames_to_patches([np.zeros((30, 28, 3), np.uint8)])
     with pytest.raises(ImageError, match='same size'):
         frames_to_patches([np.zeros((28, 28, 3), np.uint8), np.zeros((56, 28, 3), np.uint8)])
+
+
+@pytest.mark.parametrize('mode', ['stretch', 'letterbox', 'crop'])
+@pytest.mark.parametrize('hw', [(1080, 1920), (300, 500), (100, 60)])
+def test_bgr_view_fits_like_its_rgb_copy(mode, hw):
+    # image_msg hands bgr8 frames over as a channel-reversed view (no copy); fitting it must
+    # give exactly what fitting the RGB copy gives
+    bgr = np.random.default_rng(hw[0]).integers(0, 256, hw + (3,), dtype=np.uint8)
+    view = bgr[:, :, ::-1]
+    want = fit_frame(np.ascontiguousarray(view), (448, 448), mode)
+    got = fit_frame(view, (448, 448), mode)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(frames_to_patches([got]), frames_to_patches([want]))

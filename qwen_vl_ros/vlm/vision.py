@@ -30,6 +30,11 @@ def check_frame(frame) -> np.ndarray:
 def _resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
     if frame.shape[:2] == (h, w):
         return frame
+    if frame.strides[2] < 0:
+        # A BGR buffer seen as RGB through a reversed channel axis (image_msg's zero-copy bgr8
+        # view). Resizing works per channel: resize in the buffer's own order, then reverse
+        # the small result; the bytes equal converting first, without a full-size copy.
+        return np.ascontiguousarray(_resize(frame[:, :, ::-1], h, w)[:, :, ::-1])
     if h * w >= frame.shape[0] * frame.shape[1]:
         return cv2.resize(frame, (w, h), interpolation=cv2.INTER_CUBIC)
     # Shrinking. INTER_AREA to an arbitrary size is slow (~4 ms for 1080p -> 448x448), so a
