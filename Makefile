@@ -1,7 +1,9 @@
 # qwen_vl_ros developer and CI entry points. `make test` is what .ci/run runs.
 #
 #   make venv       .venv with the pinned dependencies and qwen_vl_interfaces built into it
-#   make install    venv + `pip install --no-deps .` of this package (always re-run: code changes)
+#   make install    venv + `pip install --no-deps .` of this package (always re-run: code changes),
+#                   its executables linked into .venv/lib/qwen_vl_ros (ros2 run / ros2 launch)
+#   make ros2cli    the ros2 command line from ../shared/ros2cli into .venv (when it exists)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
 #   make test       venv, then lint and pytest (both run; either failing fails the target)
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
@@ -38,8 +40,11 @@ INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv
                   scripts/build_interfaces.sh
 
 ROS_ENV := . $(REPO)/scripts/ros_env.sh $(VENV)
+# The team's shared folder beside the clone (absent in a user's clone).
+SHARED  ?= $(abspath $(REPO)/../shared)
+ROS2CLI := $(SHARED)/ros2cli
 
-.PHONY: venv install lint test pytest demo interfaces clean distclean
+.PHONY: venv install ros2cli lint test pytest demo interfaces clean distclean
 
 venv: $(VENV)/.stamp-interfaces
 
@@ -65,6 +70,14 @@ interfaces: $(VENV)/.stamp-deps
 install: venv
 	rm -rf $(BUILD)/lib $(BUILD)/bdist.*
 	$(PIP) install --quiet --no-deps --no-build-isolation .
+	$(VPY) scripts/link_ros_executables.py
+
+# The real ROS 2 command line (ros2 launch/run/service/param/topic/lifecycle) from the team's
+# ../shared/ros2cli, for the tests that drive the node with it; its install.sh keeps its own
+# stamp (a repeat is a no-op). Without ../shared (a user's clone) those tests skip.
+ros2cli: venv
+	@if [ -f "$(ROS2CLI)/install.sh" ]; then bash "$(ROS2CLI)/install.sh" $(VENV); \
+	else echo "ros2cli: no $(ROS2CLI): the ros2 command-line tests will be skipped"; fi
 
 lint: $(VENV)/.stamp-deps
 	$(VENV)/bin/ruff check .
@@ -81,7 +94,7 @@ test: venv
 	exit $$status
 
 # The tests alone (no lint), against the installed package.
-pytest: install
+pytest: install ros2cli
 	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
 	  cd $(REPO) && $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 

@@ -38,6 +38,7 @@ setup(
     entry_points={
         'console_scripts': [
             'describe_node = qwen_vl_ros.ros.node:main',
+            'describe_managed_node = qwen_vl_ros.ros.managed:main',
             'qwen-vl-describe = qwen_vl_ros.cli.describe:main',
             'qwen-vl-export = qwen_vl_ros.export.cli:main',
             'qwen-vl-replay = qwen_vl_ros.replay.cli:main',

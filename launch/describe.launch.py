@@ -6,12 +6,13 @@
 
 model_dir and backend, when given, override the params file. image_topic remaps both `image`
 and `image/compressed` (to <image_topic>/compressed), so image_transport:=compressed in the params
-file works with the same argument.
+file works with the same argument. When the node exits (e.g. the model does not load) the launch
+ends with it. describe_managed.launch.py reuses this file's arguments and node options.
 """
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -21,30 +22,10 @@ NODE_NAME = 'qwen_vl'
 PARAMS_FILE = 'describe.yaml'
 
 
-def _node(context):
-    """Build the Node action; model_dir and backend override the params file only when given."""
-    overrides = {}
-    for name in ('model_dir', 'backend'):
-        value = LaunchConfiguration(name).perform(context)
-        if value:
-            overrides[name] = value
-    image_topic = LaunchConfiguration('image_topic').perform(context)
-    return [Node(
-        package=PACKAGE,
-        executable=EXECUTABLE,
-        name=NODE_NAME,
-        namespace=LaunchConfiguration('namespace'),
-        parameters=[LaunchConfiguration('params_file'), overrides],
-        remappings=[('image', image_topic),
-                    ('image/compressed', image_topic + '/compressed')],
-        output='screen',
-        emulate_tty=True,
-    )]
-
-
-def generate_launch_description():
+def launch_arguments() -> list:
+    """The launch arguments of both launch files."""
     default_params = f'{get_package_share_directory(PACKAGE)}/config/{PARAMS_FILE}'
-    return LaunchDescription([
+    return [
         DeclareLaunchArgument('params_file', default_value=default_params,
                               description='YAML file with the node parameters'),
         DeclareLaunchArgument('namespace', default_value='',
@@ -57,5 +38,37 @@ def generate_launch_description():
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic (sensor_msgs/Image); its /compressed '
                                           'sub-topic is used when image_transport is compressed'),
-        OpaqueFunction(function=_node),
-    ])
+    ]
+
+
+def node_options(context) -> dict:
+    """Node action arguments of both launch files (all but the executable).
+
+    model_dir and backend override the params file only when given. The node's exit ends the
+    launch (a node that cannot load its model must not leave a launch that looks alive).
+    """
+    overrides = {}
+    for name in ('model_dir', 'backend'):
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    image_topic = LaunchConfiguration('image_topic').perform(context)
+    return dict(
+        package=PACKAGE,
+        name=NODE_NAME,
+        namespace=LaunchConfiguration('namespace'),
+        parameters=[LaunchConfiguration('params_file'), overrides],
+        remappings=[('image', image_topic),
+                    ('image/compressed', image_topic + '/compressed')],
+        output='screen',
+        emulate_tty=True,
+        on_exit=Shutdown(reason=f'{NODE_NAME} exited'),
+    )
+
+
+def _node(context):
+    return [Node(executable=EXECUTABLE, **node_options(context))]
+
+
+def generate_launch_description():
+    return LaunchDescription(launch_arguments() + [OpaqueFunction(function=_node)])

@@ -55,6 +55,9 @@ SERVICE_DEPTH = 100
 class DescribeNode(Node):
     """Subscribes the camera, answers ~/describe and describes on a timer."""
 
+    # True in ManagedDescribeNode (managed.py): serve only between activate and deactivate.
+    managed = False
+
     def __init__(self):
         super().__init__(NODE_NAME)
         self.settings = params.declare(self)      # ValueError: bad parameters
@@ -66,37 +69,20 @@ class DescribeNode(Node):
         self._closing = threading.Event()
         self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
                                  s.video_interval_s, _max_gap_s(s))
-        self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
-                                      on_load_failed=self._on_load_failed,
-                                      on_job_error=self._on_job_error)
-
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
-            reliability=(ReliabilityPolicy.RELIABLE if s.image_reliability == 'reliable'
-                         else ReliabilityPolicy.BEST_EFFORT))
-        msg_type, topic = ((CompressedImage, 'image/compressed')
-                           if s.image_transport == 'compressed' else (Image, 'image'))
-        self._image_sub = self.create_subscription(
-            msg_type, topic, self._on_image, qos,
-            callback_group=MutuallyExclusiveCallbackGroup())
-        self.image_topic = getattr(self._image_sub, 'topic_name', topic)
-
-        self._pub_text = self.create_publisher(String, '~/description', 10)
-        self._pub_stamped = self.create_publisher(Description, '~/description/stamped', 10)
-        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        # A deep request queue: a burst of calls must reach the callback (and get "busy")
-        # instead of being dropped by the middleware's default depth of 10.
-        self._service = self.create_service(
-            Describe, '~/describe', self._on_describe,
-            qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
-                                   reliability=ReliabilityPolicy.RELIABLE,
-                                   durability=DurabilityPolicy.VOLATILE),
-            callback_group=ReentrantCallbackGroup())
-        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self.worker = self._new_worker(self._load)
+        # Serving interfaces: made by _create_interfaces(), at once here or, in a managed node
+        # (managed.py), on activate.
+        self.active = not self.managed
+        self._image_sub = None
+        self._service = None
         self._timer = None
-        self._set_period(s.period_s)
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self.image_topic = 'image/compressed' if s.image_transport == 'compressed' else 'image'
+        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
+        if not self.managed:
+            self._create_interfaces()
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._log_bridge = _RosLogHandler(self.get_logger())
@@ -106,8 +92,52 @@ class DescribeNode(Node):
         core_log.propagate = False
 
     @property
+    def state(self) -> str:
+        """loading | ready | failed | stopped (the worker's); a managed node adds its own."""
+        return self.worker.state
+
+    @property
     def executor_threads(self) -> int:
         return self.settings.queue_size + 1 + SPARE_THREADS
+
+    def _new_worker(self, load) -> InferenceWorker:
+        s = self.settings
+        return InferenceWorker(load, s.queue_size, on_loaded=self._on_loaded,
+                               on_load_failed=self._on_load_failed,
+                               on_job_error=self._on_job_error)
+
+    def _create_interfaces(self) -> None:
+        """Create what serves: image subscription, timer, publishers, ~/describe.
+
+        The one place where serving interfaces are made: in __init__ (unmanaged), or on every
+        activate of a managed node (managed.py). Publishers and services are made once and kept
+        while a managed node is inactive (requests then get "inactive"); the subscription and
+        the timer are made again on each activate (deactivate destroys them).
+        """
+        s = self.settings
+        if self._service is None:
+            self._pub_text = self.create_publisher(String, '~/description', 10)
+            self._pub_stamped = self.create_publisher(Description, '~/description/stamped', 10)
+            # A deep request queue: a burst of calls must reach the callback (and get "busy")
+            # instead of being dropped by the middleware's default depth of 10.
+            self._service = self.create_service(
+                Describe, '~/describe', self._on_describe,
+                qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
+                                       reliability=ReliabilityPolicy.RELIABLE,
+                                       durability=DurabilityPolicy.VOLATILE),
+                callback_group=ReentrantCallbackGroup())
+        if self._image_sub is None:
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
+                reliability=(ReliabilityPolicy.RELIABLE if s.image_reliability == 'reliable'
+                             else ReliabilityPolicy.BEST_EFFORT))
+            msg_type, topic = ((CompressedImage, 'image/compressed')
+                               if s.image_transport == 'compressed' else (Image, 'image'))
+            self._image_sub = self.create_subscription(
+                msg_type, topic, self._on_image, qos,
+                callback_group=MutuallyExclusiveCallbackGroup())
+            self.image_topic = getattr(self._image_sub, 'topic_name', topic)
+        self._set_period(s.period_s)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -172,11 +202,11 @@ class DescribeNode(Node):
         return SetParametersResult(successful=True)
 
     def _set_period(self, period_s: float) -> None:
-        """(Re-)create the timer; 0 = no timer."""
+        """(Re-)create the timer; 0 = no timer (nor while inactive)."""
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
-        if period_s > 0:
+        if period_s > 0 and self.active:
             self._timer = self.create_timer(period_s, self._on_tick,
                                             callback_group=self._timer_group)
 
@@ -258,6 +288,9 @@ class DescribeNode(Node):
 
     # -- service ------------------------------------------------------------------------------
     def _on_describe(self, request, response):
+        if not self.active:
+            return _refuse(response, 'inactive: the node is managed and not active (ros2 '
+                                     f'lifecycle set {self._diag_name} activate)')
         s = self.settings
         prompt = request.prompt if request.prompt.strip() else s.prompt
         image = request.image
@@ -384,7 +417,7 @@ class DescribeNode(Node):
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         arr = self.counters.status(f'{self._diag_name}: describe',
-                                   self.settings.backend, self.worker.state,
+                                   self.settings.backend, self.state,
                                    self.worker.pending, self.get_clock().now().to_msg())
         self._pub_diag.publish(arr)
 
@@ -428,9 +461,10 @@ class _RosLogHandler(logging.Handler):
             self._logger.debug(text)
 
 
-def main(args=None) -> int:
+def main(args=None, node_type=None) -> int:
     """Entry point of `describe_node` (ros2 run qwen_vl_ros describe_node --ros-args ...).
 
+    ``node_type``: the node class (default DescribeNode; managed.py passes its own).
     Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
     """
     keep_torch_out()
@@ -441,7 +475,7 @@ def main(args=None) -> int:
     worker_ended = True
     try:
         try:
-            node = DescribeNode()
+            node = (node_type or DescribeNode)()
         except (ValueError, ParameterException) as e:
             hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
                     if "expecting type 'DOUBLE'" in str(e) else '')

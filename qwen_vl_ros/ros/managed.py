@@ -1,0 +1,209 @@
+"""describe_managed_node: the qwen_vl node as a ROS 2 managed (lifecycle) node.
+
+    unconfigured --configure--> inactive --activate--> active --deactivate--> inactive
+    inactive --cleanup--> unconfigured;   any state --shutdown--> finalized (the process exits 0)
+
+- configure: load the model (progress logged); a failure leaves the node unconfigured and logs
+  the reason (configure may be tried again, e.g. after the model directory is fixed);
+- activate: DescribeNode._create_interfaces() (image subscription, timer, publishers,
+  ~/describe): the node serves exactly as the unmanaged one;
+- deactivate: the subscription and the timer are destroyed and the inference worker stopped
+  (a running generation is cancelled: the NPU is free for other work); ~/describe stays and
+  answers "inactive";
+- cleanup: the model is released (runtime sessions, memory-mapped embedding table), the
+  services and publishers are destroyed.
+
+The state machine is rclpy's LifecycleNode (Humble and later), driven by `ros2 lifecycle set`
+or launch_ros' lifecycle events (launch/describe_managed.launch.py). A second executable rather
+than a `managed` parameter, because the node's class (Node or LifecycleNode) must be chosen
+before the node exists, and parameters (from -p and from params files keyed by node name or
+wildcards) are only resolved by a node once it is constructed.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+from .convert import one_line
+from .frames import FrameStore
+from .node import DescribeNode, _max_gap_s
+from .node import main as _node_main
+
+# Seconds between the shutdown transition's answer and the process's exit.
+EXIT_DELAY_S = 0.5
+
+
+class ManagedDescribeNode(DescribeNode, LifecycleNode):
+    """DescribeNode whose serving interfaces exist only between activate and cleanup."""
+
+    managed = True
+
+    def __init__(self):
+        super().__init__()          # DescribeNode, then LifecycleNode (cooperative MRO)
+        self._lifecycle = 'unconfigured'
+        self._pipeline = None
+        self._load_s = 0.0
+        self._serving: set = set()  # entities _create_interfaces() made, destroyed on cleanup
+
+    @property
+    def state(self) -> str:
+        """unconfigured | configuring | inactive | finalized, or the worker's when active."""
+        return self.worker.state if self._lifecycle == 'active' else self._lifecycle
+
+    def start(self) -> None:
+        self.get_logger().info(
+            f'unconfigured: managed node, waiting for configure (ros2 lifecycle set '
+            f'{self._diag_name} configure)')
+
+    # -- transitions (called by rclpy's state machine on an executor thread) ----------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        s = self.settings
+        self._lifecycle = 'configuring'
+        self.get_logger().info(f'configure: loading {s.model_dir} (backend {s.backend})')
+        t0 = time.monotonic()
+        try:
+            self._pipeline = self._load_interruptible()
+        except Exception as e:  # noqa: BLE001 - any failure to load is a failed transition
+            self._lifecycle = 'unconfigured'
+            self.get_logger().error(
+                f'configure failed, still unconfigured: cannot load the model from '
+                f'{s.model_dir!r}: {type(e).__name__}: {one_line(e)}')
+            return TransitionCallbackReturn.FAILURE
+        self._load_s = time.monotonic() - t0
+        self._lifecycle = 'inactive'
+        self.get_logger().info(f'configured: model loaded in {self._load_s:.1f} s; inactive '
+                               f'until activate')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        before = _entities(self)
+        self.active = True
+        self._create_interfaces()
+        self._serving |= _entities(self) - before
+        pipeline = self._pipeline
+        self.worker = self._new_worker(lambda: pipeline)
+        self.worker.start()          # "ready: ..." once the worker holds the loaded model
+        self._lifecycle = 'active'
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._pause()
+        self.get_logger().info('deactivated: not subscribed, no timer, requests get "inactive"')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._unload()
+        self.get_logger().info('cleaned up: model released, unconfigured')
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._pause()
+        self._unload()
+        self._lifecycle = 'finalized'
+        self.get_logger().info('shut down (finalized): exiting')
+        # exit after the transition's answer has gone out
+        threading.Timer(EXIT_DELAY_S, self._finish).start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        self._pause()
+        self._unload()
+        return TransitionCallbackReturn.SUCCESS    # back to unconfigured
+
+    def _on_loaded(self, pipeline, seconds: float) -> None:
+        super()._on_loaded(pipeline, self._load_s)   # the load was configure's, not this
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _load_interruptible(self):
+        """Run DescribeNode._load on a daemon thread; give up (RuntimeError) on shut-down.
+
+        A model load cannot be interrupted: waiting on a daemon thread lets SIGINT end the
+        process during a long load instead of waiting for it.
+        """
+        result: dict = {}
+
+        def load():
+            try:
+                result['pipeline'] = self._load()
+            except BaseException as e:  # noqa: BLE001 - reported by the waiting thread
+                result['error'] = e
+
+        thread = threading.Thread(target=load, name='load', daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if not self.context.ok():
+                raise RuntimeError('shutting down during configure')
+        if 'error' in result:
+            raise result['error']
+        return result['pipeline']
+
+    def _pause(self) -> None:
+        """Stop serving: destroy subscriptions and timers, stop the worker, forget frames."""
+        self.active = False
+        self._set_period(self.settings.period_s)   # inactive: destroys the timer
+        for entity in [e for e in self._serving if _kind(self, e) in ('subscription', 'timer')]:
+            _destroy(self, entity)
+            self._serving.discard(entity)
+        self._image_sub = None
+        self.worker.stop(timeout=1.0)
+        s = self.settings
+        self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
+                                 s.video_interval_s, _max_gap_s(s))
+        if self._lifecycle == 'active':
+            self._lifecycle = 'inactive'
+
+    def _unload(self) -> None:
+        """Destroy the remaining serving interfaces and release the model."""
+        for entity in list(self._serving):
+            _destroy(self, entity)
+        self._serving.clear()
+        self._service = None
+        self.worker.stop(timeout=1.0)
+        # a fresh (never started) worker holds no pipeline; the old one's reference goes
+        self.worker = self._new_worker(self._load)
+        self._pipeline = None
+        gc.collect()
+        self._lifecycle = 'unconfigured'
+
+    def _finish(self) -> None:
+        self.exit_code = 0
+
+
+def _entities(node) -> set:
+    """Every publisher, subscription, service, timer and waitable (action server) of node."""
+    return (set(node.publishers) | set(node.subscriptions) | set(node.services)
+            | set(node.timers) | set(node.waitables))
+
+
+def _kind(node, entity) -> str:
+    for kind in ('publisher', 'subscription', 'service', 'timer'):
+        if entity in list(getattr(node, kind + 's')):
+            return kind
+    return 'waitable'
+
+
+def _destroy(node, entity) -> None:
+    """Destroy one entity with the node method of its kind (waitables destroy themselves)."""
+    kind = _kind(node, entity)
+    if kind == 'waitable':
+        entity.destroy()
+    else:
+        getattr(node, f'destroy_{kind}')(entity)
+
+
+def main(args=None) -> int:
+    """Entry point of `describe_managed_node` (same parameters and exit codes as describe_node).
+
+    Starts unconfigured; 0 after the shutdown transition, SIGINT or SIGTERM.
+    """
+    return _node_main(args, ManagedDescribeNode)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

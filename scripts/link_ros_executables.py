@@ -1,0 +1,44 @@
+"""Link this package's console scripts into <prefix>/lib/qwen_vl_ros/ after a pip install.
+
+`ros2 run qwen_vl_ros describe_node` and launch_ros' Node(package=, executable=) look for
+executables only in <prefix>/lib/<package>/ (the ament "libexec" directory). colcon installs
+them there (setup.cfg's install_scripts), but pip's wheel install ignores setup.cfg and puts them
+into <prefix>/bin/: link each one from there. Idempotent.
+
+    python3 scripts/link_ros_executables.py      # with the python of the venv installed into
+"""
+
+import sys
+from importlib.metadata import distribution
+from pathlib import Path
+
+PACKAGE = 'qwen_vl_ros'
+
+
+def link(prefix: Path) -> list:
+    """Link every console script of PACKAGE from prefix/bin into prefix/lib/PACKAGE.
+
+    Returns the links' paths. Raises FileNotFoundError when a script is not in prefix/bin
+    (the package is not pip-installed into this prefix).
+    """
+    scripts = sorted(ep.name for ep in distribution(PACKAGE).entry_points
+                     if ep.group == 'console_scripts')
+    libexec = prefix / 'lib' / PACKAGE
+    libexec.mkdir(parents=True, exist_ok=True)
+    links = []
+    for name in scripts:
+        target = prefix / 'bin' / name
+        if not target.is_file():
+            raise FileNotFoundError(f'{target} missing: pip install the package into {prefix}')
+        dest = libexec / name
+        if dest.is_symlink() or dest.exists():
+            dest.unlink()
+        dest.symlink_to(Path('..', '..', 'bin', name))   # relative: the venv may move
+        links.append(dest)
+    return links
+
+
+if __name__ == '__main__':
+    made = link(Path(sys.prefix))
+    print(f'link_ros_executables: {len(made)} in {made[0].parent}: '
+          + ' '.join(p.name for p in made))
