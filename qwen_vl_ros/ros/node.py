@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -497,6 +498,9 @@ def main(args=None, node_type=None) -> int:
             raise
         code = 0
     finally:
+        # Ctrl-C under `ros2 launch` comes twice (the terminal's to the process group, then the
+        # one launch forwards): the second must not break the clean-up with KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             worker_ended = node.close()
         if executor is not None:
