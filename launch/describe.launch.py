@@ -23,7 +23,7 @@ PARAMS_FILE = 'describe.yaml'
 
 
 def launch_arguments() -> list:
-    """The launch arguments of both launch files."""
+    """Return the launch arguments of both launch files."""
     default_params = f'{get_package_share_directory(PACKAGE)}/config/{PARAMS_FILE}'
     return [
         DeclareLaunchArgument('params_file', default_value=default_params,
@@ -62,8 +62,19 @@ def node_options(context) -> dict:
                     ('image/compressed', image_topic + '/compressed')],
         output='screen',
         emulate_tty=True,
-        on_exit=Shutdown(reason=f'{NODE_NAME} exited'),
+        on_exit=_end_launch,
     )
+
+
+def _end_launch(event, context):
+    """End the launch when the node exits, unless it is already ending (Ctrl-C).
+
+    A second shutdown of a launch that has a LifecycleNode fails in launch_ros ("Cannot
+    shutdown a ROS adapter that is not running") and makes `ros2 launch` exit 1.
+    """
+    if context.is_shutdown:
+        return None
+    return [Shutdown(reason=f'{NODE_NAME} exited with code {event.returncode}')]
 
 
 def _node(context):

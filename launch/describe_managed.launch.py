@@ -4,9 +4,9 @@
         image_topic:=/camera/color/image_raw [namespace:=robot1] [autostart:=false]
 
 The same arguments as describe.launch.py (whose definitions this file loads), plus autostart:
-true (default) = configure at once (load the model), then activate when configure succeeded,
-with launch_ros' lifecycle events; false = leave the node unconfigured for a lifecycle manager
-or `ros2 lifecycle set`.
+true (default) = configure at once (load the model), then activate when that first configure
+succeeded, with launch_ros' lifecycle events (later transitions are left to whoever asks for
+them); false = leave the node unconfigured for a lifecycle manager or `ros2 lifecycle set`.
 """
 
 import importlib.util
@@ -46,7 +46,7 @@ def _managed_node(context):
 
     activate_when_configured = RegisterEventHandler(
         OnStateTransition(target_lifecycle_node=node, start_state='configuring',
-                          goal_state='inactive',
+                          goal_state='inactive', handle_once=True,
                           entities=[change(lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE)]),
         condition=autostart)
     configure = change(lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE, condition=autostart)

@@ -63,7 +63,7 @@ def readme_commands(heading: str) -> list:
 
 
 def cli_env(log_dir: Path, home: Path | None = None) -> dict:
-    """A user's shell environment: node_harness.ros_env + the venv's bin/ first on PATH."""
+    """Return a user's shell environment: node_harness.ros_env, the venv's bin/ on PATH."""
     env = harness.ros_env(log_dir)
     env['PATH'] = f'{Path(sys.prefix) / "bin"}{os.pathsep}{env.get("PATH", "")}'
     env['ROS_HOME'] = str(log_dir)
@@ -135,7 +135,7 @@ class Background:
 
 
 def node_pid(launch_output: str, executable: str) -> int:
-    """The pid `ros2 launch` reports for the node: 'process started with pid [N]'."""
+    """Return the pid `ros2 launch` reports for the node ('process started with pid [N]')."""
     m = re.search(rf'\[{re.escape(executable)}-\d+\]: process started with pid \[(\d+)\]',
                   launch_output)
     assert m, f'no pid of {executable} in the launch output:\n{launch_output[-3000:]}'

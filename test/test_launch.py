@@ -1,12 +1,15 @@
 """launch/describe.launch.py names what exists: package, executable, node name, params file.
 
-`launch` and `launch_ros` cannot be installed here (shared/docs/PLATFORM.md), so the file is read
-with ast instead of imported. The node tests start the console script with node_harness's
-launch_arguments(); this module also checks that it produces what the launch file would.
+Read with ast, so that these checks also run where `launch` and `launch_ros` are not installed
+(a clone without ../shared/ros2cli); test_ros2_cli.py and test_managed_node.py run both
+launch files with the real `ros2 launch` where they are. The node tests start the console
+script with node_harness's launch_arguments(); this module also checks that it produces what the launch file would.
 """
 
 import ast
 import configparser
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import node_harness as harness
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch' / 'describe.launch.py'
+MANAGED_LAUNCH = REPO / 'launch' / 'describe_managed.launch.py'
 CONFIG = REPO / 'config' / 'describe.yaml'
 
 
@@ -60,9 +64,12 @@ def test_launch_file_is_in_launch_ros_form(launch):
 def test_node_action_names_package_executable_and_node(launch):
     tree, consts = launch
     (node,) = _calls(tree, 'Node')
-    kw = {k.arg: k.value for k in node.keywords}
+    assert _value({k.arg: k.value for k in node.keywords}['executable'], consts) \
+        == harness.EXECUTABLE == 'describe_node'
+    # the other arguments: node_options(), shared with describe_managed.launch.py
+    (options,) = _calls(tree, 'dict')
+    kw = {k.arg: k.value for k in options.keywords}
     assert _value(kw['package'], consts) == harness.PACKAGE == 'qwen_vl_ros'
-    assert _value(kw['executable'], consts) == harness.EXECUTABLE == 'describe_node'
     assert _value(kw['name'], consts) == harness.NODE_NAME == 'qwen_vl'
     assert {'namespace', 'parameters', 'remappings'} <= set(kw)
     remapped = [_value(t.elts[0], consts) for t in kw['remappings'].elts]
@@ -106,6 +113,28 @@ def test_setup_py_declares_the_executable_and_installs_launch_and_config():
     assert cfg['install']['install_scripts'] == f'$base/lib/{harness.PACKAGE}'
 
 
+def test_managed_launch_file_starts_the_managed_executable():
+    tree = ast.parse(MANAGED_LAUNCH.read_text())
+    consts = _constants(tree)
+    (node,) = _calls(tree, 'LifecycleNode')
+    kw = {k.arg: k.value for k in node.keywords}
+    executable = _value(kw['executable'], consts)
+    scripts = ast.literal_eval(_setup_kwargs()['entry_points'])['console_scripts']
+    assert f'{executable} = qwen_vl_ros.ros.managed:main' in scripts
+    assert "with_name('describe.launch.py')" in MANAGED_LAUNCH.read_text()
+
+
+def test_every_console_script_is_linked_for_ros2_run():
+    """Check that make install links each console script into lib/qwen_vl_ros (ros2 run)."""
+    scripts = ast.literal_eval(_setup_kwargs()['entry_points'])['console_scripts']
+    libexec = Path(sys.prefix) / 'lib' / harness.PACKAGE
+    for line in scripts:
+        name = line.split('=')[0].strip()
+        path = libexec / name
+        assert path.is_file() and os.access(path, os.X_OK), f'{path} missing: run make install'
+        assert path.resolve() == (Path(sys.prefix) / 'bin' / name).resolve()
+
+
 def test_the_entry_point_imports():
     from qwen_vl_ros.ros.node import main
     assert callable(main)
@@ -115,6 +144,7 @@ def test_installed_share_directory_has_the_current_files():
     pytest.importorskip('ament_index_python')
     share = harness.share_dir()
     for installed, source in ((share / 'launch' / LAUNCH.name, LAUNCH),
+                              (share / 'launch' / MANAGED_LAUNCH.name, MANAGED_LAUNCH),
                               (share / 'config' / CONFIG.name, CONFIG)):
         assert installed.is_file(), f'{installed} missing: run make install'
         assert installed.read_bytes() == source.read_bytes(), f'{installed} is stale'

@@ -52,7 +52,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
 
     @property
     def state(self) -> str:
-        """unconfigured | configuring | inactive | finalized, or the worker's when active."""
+        """Return unconfigured | configuring | inactive | finalized; the worker's when active."""
         return self.worker.state if self._lifecycle == 'active' else self._lifecycle
 
     def start(self) -> None:

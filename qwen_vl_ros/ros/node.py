@@ -94,7 +94,7 @@ class DescribeNode(Node):
 
     @property
     def state(self) -> str:
-        """loading | ready | failed | stopped (the worker's); a managed node adds its own."""
+        """Return loading | ready | failed | stopped (the worker's); a managed node adds more."""
         return self.worker.state
 
     @property
