@@ -3,7 +3,8 @@
 Read with ast, so that these checks also run where `launch` and `launch_ros` are not installed
 (a clone without ../shared/ros2cli); test_ros2_cli.py and test_managed_node.py run both
 launch files with the real `ros2 launch` where they are. The node tests start the console
-script with node_harness's launch_arguments(); this module also checks that it produces what the launch file would.
+script with node_harness's launch_arguments(); this module also checks that it produces what
+the launch file would.
 """
 
 import ast
