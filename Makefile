@@ -5,12 +5,15 @@
 #                   its executables linked into .venv/lib/qwen_vl_ros (ros2 run / ros2 launch)
 #   make ros2cli    the ros2 command line from ../shared/ros2cli into .venv (when it exists)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
-#   make test       venv, then lint and pytest (both run; either failing fails the target)
+#   make test       venv, then lint, pytest, test-jazzy and test-tf5 (all run; any failing fails)
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
 #   make demo       install, then the node on a synthetic camera recording (MODEL_DIR=DIR: a real
 #                   model; default: a tiny random-weight model exported once into demo_out/)
 #   make bench      install, then bench/run_all.py: host-side benchmarks at the real model shapes
 #                   (~2 min, ~1.8 GB of temporary stand-ins) -> bench/RESULTS.md
+#   make test-jazzy .venv-jazzy (Python 3.10, ROS 2 Jazzy wheels, numpy 1.26, transformers 4.49):
+#                   the suite again, reusing the tiny models `make pytest` left in build/test_models
+#   make test-tf5   .venv-tf5 (transformers 5.x, no torch, no ROS): the core tests again
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -90,13 +93,67 @@ test: venv
 	@status=0; \
 	$(MAKE) --no-print-directory lint || { status=$$?; lint_failed=1; }; \
 	$(MAKE) --no-print-directory pytest || status=$$?; \
+	$(MAKE) --no-print-directory test-jazzy || status=$$?; \
+	$(MAKE) --no-print-directory test-tf5 || status=$$?; \
 	if [ -n "$${lint_failed:-}" ]; then echo "make test: lint failed (see the ruff output above)"; fi; \
 	exit $$status
 
-# The tests alone (no lint), against the installed package.
+# The tests alone (no lint), against the installed package. The tiny models and transformers'
+# reference values it builds (with torch) go to TEST_MODELS, where test-jazzy / test-tf5 find them.
 pytest: install ros2cli
 	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
-	  cd $(REPO) && $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+	  cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
+	  $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+
+# -- other distros and library versions -------------------------------------------------------
+# test-jazzy: ROS 2 Jazzy wheels (rclpy 7.1, close to Humble's API) on Python 3.10 with
+# numpy 1.26 and transformers 4.49, qwen_vl_interfaces built with Jazzy's rosidl; the whole
+# suite (what needs torch or the ros2 CLI skips and says so). test-tf5: the ROS-free core under
+# transformers 5.x (Python 3.11). Neither has torch: both reuse TEST_MODELS from `make pytest`.
+TEST_MODELS := $(BUILD)/test_models
+JAZZY_VENV  ?= $(REPO)/.venv-jazzy
+TF5_VENV    ?= $(REPO)/.venv-tf5
+CORE_TESTS  := test/test_pipeline.py test/test_vision.py test/test_real_tokenizer.py \
+               test/test_axengine_backend.py
+
+$(JAZZY_VENV)/.stamp-deps: scripts/requirements-jazzy.txt
+	$(PY310) -m venv $(JAZZY_VENV)
+	$(JAZZY_VENV)/bin/python3 -m pip --disable-pip-version-check install --quiet \
+	  -r scripts/requirements-jazzy.txt
+	command -v cmake >/dev/null || $(JAZZY_VENV)/bin/python3 -m pip install 'cmake>=3.22,<5'
+	touch $@
+
+$(JAZZY_VENV)/.stamp-interfaces: $(INTERFACE_SRCS) $(JAZZY_VENV)/.stamp-deps
+	scripts/build_interfaces.sh $(JAZZY_VENV) $(BUILD)/qwen_vl_interfaces-jazzy
+	touch $@
+
+$(TF5_VENV)/.stamp-deps: scripts/requirements-tf5.txt
+	$(PYTHON) -m venv $(TF5_VENV)
+	$(TF5_VENV)/bin/python3 -m pip --disable-pip-version-check install --quiet \
+	  -r scripts/requirements-tf5.txt
+	touch $@
+
+# $(call other_venv_pytest,VENV,TESTS): install this package into VENV, run TESTS there.
+define other_venv_pytest
+rm -rf $(BUILD)/lib $(BUILD)/bdist.*
+$(1)/bin/python3 -m pip --disable-pip-version-check install --quiet --no-deps \
+  --no-build-isolation .
+$(1)/bin/python3 scripts/link_ros_executables.py
+$(ROS_ENV) $(1) && cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
+  $(1)/bin/python3 -m pytest $(2) -q -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+endef
+
+.PHONY: test-jazzy test-tf5
+test-jazzy:
+ifeq ($(PY310),)
+	@echo "test-jazzy: SKIPPED: no Python 3.10 (pyenv's 3.10.x or python3.10 on PATH)"
+else
+	$(MAKE) --no-print-directory $(JAZZY_VENV)/.stamp-interfaces
+	$(call other_venv_pytest,$(JAZZY_VENV),test)
+endif
+
+test-tf5: $(TF5_VENV)/.stamp-deps
+	$(call other_venv_pytest,$(TF5_VENV),$(CORE_TESTS))
 
 # The main job end to end (scripts/demo.py): model, recording, node in timer mode fed by
 # qwen-vl-replay, service calls; prints every description with its source stamp and timings.
@@ -114,4 +171,4 @@ clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(JAZZY_VENV) $(TF5_VENV)

@@ -3,7 +3,8 @@
 `ros2 run qwen_vl_ros describe_node` and launch_ros' Node(package=, executable=) look for
 executables only in <prefix>/lib/<package>/ (the ament "libexec" directory). colcon installs
 them there (setup.cfg's install_scripts), but pip's wheel install ignores setup.cfg and puts them
-into <prefix>/bin/: link each one from there. Idempotent.
+into <prefix>/bin/: link each one from there. (An old pip without `wheel` falls back to
+`setup.py install`, which does honour setup.cfg: those scripts are left as they are.) Idempotent.
 
     python3 scripts/link_ros_executables.py      # with the python of the venv installed into
 """
@@ -18,24 +19,24 @@ PACKAGE = 'qwen_vl_ros'
 def link(prefix: Path) -> list:
     """Link every console script of PACKAGE from prefix/bin into prefix/lib/PACKAGE.
 
-    Returns the links' paths. Raises FileNotFoundError when a script is not in prefix/bin
-    (the package is not pip-installed into this prefix).
+    Returns the executables' paths in prefix/lib/PACKAGE. Raises FileNotFoundError when a
+    script is in neither place (the package is not installed into this prefix).
     """
     scripts = sorted(ep.name for ep in distribution(PACKAGE).entry_points
                      if ep.group == 'console_scripts')
     libexec = prefix / 'lib' / PACKAGE
     libexec.mkdir(parents=True, exist_ok=True)
-    links = []
     for name in scripts:
         target = prefix / 'bin' / name
+        dest = libexec / name
+        if dest.is_file() and not dest.is_symlink():
+            continue    # installed there already (colcon, or pip's legacy `setup.py install`)
         if not target.is_file():
             raise FileNotFoundError(f'{target} missing: pip install the package into {prefix}')
-        dest = libexec / name
         if dest.is_symlink() or dest.exists():
             dest.unlink()
         dest.symlink_to(Path('..', '..', 'bin', name))   # relative: the venv may move
-        links.append(dest)
-    return links
+    return [libexec / name for name in scripts]
 
 
 if __name__ == '__main__':

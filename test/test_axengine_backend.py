@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip('torch', reason='the tiny stand-ins are exported with torch')
-
-from qwen_vl_ros.vlm import GenerationOptions, Pipeline  # noqa: E402
-from qwen_vl_ros.vlm.errors import RuntimeFailure  # noqa: E402
-from qwen_vl_ros.vlm.runtime import axengine_kv  # noqa: E402
+from qwen_vl_ros.vlm import GenerationOptions, Pipeline
+from qwen_vl_ros.vlm.errors import RuntimeFailure
+from qwen_vl_ros.vlm.runtime import axengine_kv
 
 EMULATION = Path(__file__).resolve().parent / 'axengine_emulation'
 CHUNKED = {'image_size': (112, 112), 'prefill_len': 16, 'histories': (16, 48, 80)}

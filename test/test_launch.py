@@ -133,7 +133,8 @@ def test_every_console_script_is_linked_for_ros2_run():
         name = line.split('=')[0].strip()
         path = libexec / name
         assert path.is_file() and os.access(path, os.X_OK), f'{path} missing: run make install'
-        assert path.resolve() == (Path(sys.prefix) / 'bin' / name).resolve()
+        if path.is_symlink():
+            assert path.resolve() == (Path(sys.prefix) / 'bin' / name).resolve()
 
 
 def test_the_entry_point_imports():

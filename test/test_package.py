@@ -148,9 +148,12 @@ def test_console_scripts_are_installed():
     scripts = [e.split('=')[0].strip()
                for e in setup_kwargs()['entry_points']['console_scripts']]
     assert 'describe_node' in scripts
-    bindir = os.path.dirname(sys.executable)
+    # pip: bin/ (make install links them into lib/qwen_vl_ros); an old pip's setup.py install
+    # (and colcon): lib/qwen_vl_ros/ directly, as setup.cfg says
+    dirs = (os.path.dirname(sys.executable), os.path.join(sys.prefix, 'lib', PACKAGE))
     for name in scripts:
-        assert os.path.isfile(os.path.join(bindir, name)), f'{name} not installed in {bindir}'
+        assert any(os.path.isfile(os.path.join(d, name)) for d in dirs), \
+            f'{name} not installed in {dirs}'
 
 
 # --- the interfaces ----------------------------------------------------------------------------
