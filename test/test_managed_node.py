@@ -33,10 +33,14 @@ def model_mapped(pid: int) -> bool:
 
 
 def service_listed(env, name: str = '/qwen_vl/describe') -> bool:
-    """Whether a graph discovered afresh (no daemon cache) has the service."""
-    rc, out = run('ros2 service list --no-daemon --spin-time 3', env)
-    assert rc == 0 and '/qwen_vl/get_state' in out.split(), out
-    return name in out.split()
+    """Whether `ros2 service list` has the service, once it lists the node's lifecycle ones."""
+    deadline = time.monotonic() + 30
+    while True:
+        rc, out = run('ros2 service list', env)
+        if rc == 0 and '/qwen_vl/get_state' in out.split():
+            return name in out.split()
+        assert time.monotonic() < deadline, f'the node\'s services are not listed: {out}'
+        time.sleep(0.5)
 
 
 def state(env) -> str:
