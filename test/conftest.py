@@ -88,23 +88,22 @@ def export_variant(tiny_hf_dir, models_dir):
     A factory: export_variant(image_size=(280, 196)), export_variant(embeddings='bf16'),
     export_variant(image_size=(112, 112), prefill_len=16, histories=(16, 48, 80)).
     """
-    from qwen_vl_ros.export.exporter import ExportOptions
-
     cache = {}
 
     def export(**fields):
-        options = ExportOptions(**fields)
-        if options not in cache:
-            name = 'tiny_onnx_' + hashlib.sha1(repr(options).encode()).hexdigest()[:12]
+        # named by the fields (the exporter, which has ExportOptions, needs torch)
+        key = repr(sorted(fields.items()))
+        if key not in cache:
+            name = 'tiny_onnx_' + hashlib.sha1(key.encode()).hexdigest()[:12]
             if not HAVE_TORCH:
-                cache[options] = _reuse(models_dir, name)
+                cache[key] = _reuse(models_dir, name)
             else:
-                from qwen_vl_ros.export.exporter import export_checkpoint
+                from qwen_vl_ros.export.exporter import ExportOptions, export_checkpoint
                 out = models_dir / name
                 out.mkdir()
-                cache[options] = _built(Path(export_checkpoint(tiny_hf_dir, out, options,
-                                                               log=lambda *_: None)))
-        return cache[options]
+                cache[key] = _built(Path(export_checkpoint(
+                    tiny_hf_dir, out, ExportOptions(**fields), log=lambda *_: None)))
+        return cache[key]
 
     return export
 

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
 ROS2 = Path(sys.prefix) / 'bin' / 'ros2'
 NO_ROS2 = (f'the ros2 command line is not installed in {sys.prefix}: `make test` installs it '
-           'from ../shared/ros2cli when that folder exists (a user\'s clone has none)')
+           'into .venv (Kilted) from ../shared/ros2cli when that folder exists; a user\'s '
+           'clone and the other test venvs have none')
 # What the README writes for a model directory on a robot; the tests put the tiny model there.
 README_MODEL_DIR = '/opt/models/qwen2.5-vl'
 
