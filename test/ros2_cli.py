@@ -167,5 +167,18 @@ def wait_node_visible(env: dict, fq_name: str, timeout: float = 30) -> None:
     raise AssertionError(f'{fq_name} not in `ros2 node list` within {timeout} s: {out!r}')
 
 
+def wait_lifecycle_node(env: dict, fq_name: str, timeout: float = 30) -> None:
+    """Wait until `ros2 lifecycle nodes` lists the node (its services are discovered later
+    than the node itself; until then `ros2 lifecycle get` says "Node not found")."""
+    deadline = time.monotonic() + timeout
+    out = ''
+    while time.monotonic() < deadline:
+        rc, out = run('ros2 lifecycle nodes', env, timeout=30)
+        if fq_name in out.split():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f'{fq_name} not in `ros2 lifecycle nodes` within {timeout} s: {out!r}')
+
+
 def stop_daemon(env: dict) -> None:
     run('ros2 daemon stop', env, timeout=30)

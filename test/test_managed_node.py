@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ros2_cli import (NO_ROS2, README_MODEL_DIR, ROS2, Background, alive, cli_env, node_pid,
-                      readme_commands, run, stop_daemon, wait_node_visible)
+                      readme_commands, run, stop_daemon, wait_lifecycle_node)
 from test_ros2_cli import camera
 
 pytestmark = [pytest.mark.skipif(not ROS2.exists(), reason=NO_ROS2), pytest.mark.timeout(300)]
@@ -49,6 +49,16 @@ def state(env) -> str:
     return out.strip()
 
 
+def describe_once_a_frame_is_in(cam, timeout: float = 30):
+    """Call ~/describe until the node has a frame from the camera (a new subscription)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = cam.describe('What changed?', max_new_tokens=4, timeout=60)
+        if not answer.message.startswith('no image') or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
 def test_readme_lifecycle_commands(tiny_onnx_dir, tmp_path):
     commands = readme_commands(SECTION)
     assert commands[0].startswith('ros2 launch qwen_vl_ros describe_managed.launch.py')
@@ -62,7 +72,7 @@ def test_readme_lifecycle_commands(tiny_onnx_dir, tmp_path):
         launch.wait_for(r'\]: ready: ', 60)
         pid = node_pid(launch.output(), EXECUTABLE)
         assert model_mapped(pid)
-        wait_node_visible(env, '/qwen_vl')
+        wait_lifecycle_node(env, '/qwen_vl')
         with camera('/camera/color/image_raw') as cam:
             checked = []
             for command in commands[1:]:
@@ -97,7 +107,7 @@ def test_readme_lifecycle_commands(tiny_onnx_dir, tmp_path):
                     elif transition == 'activate':
                         launch.wait_for(r'\]: ready: ', 30, start=launch.output().rfind(
                             'configured: model loaded'))
-                        answer = cam.describe('What changed?', max_new_tokens=4, timeout=60)
+                        answer = describe_once_a_frame_is_in(cam)
                         assert answer.success, answer.message
                         assert answer.description.generated_tokens == 4
                 elif command.startswith('ros2 service call'):
@@ -119,7 +129,7 @@ def test_configure_failure_leaves_the_node_unconfigured(tiny_onnx_dir, tmp_path)
                         f'model_dir:={tmp_path}/no_model', env, tmp_path / 'launch.log')
     try:
         launch.wait_for(r'unconfigured: managed node, waiting for configure', 60)
-        wait_node_visible(env, '/qwen_vl')
+        wait_lifecycle_node(env, '/qwen_vl')
         assert state(env) == 'unconfigured [1]'
         rc, out = run('ros2 lifecycle set /qwen_vl configure', env, timeout=60)
         assert 'Transitioning failed' in out, out
@@ -144,7 +154,7 @@ def test_sigint_while_active_exits_cleanly(tiny_onnx_dir, tmp_path):
                       '-p period_s:=0.5 -p max_new_tokens:=2', env, tmp_path / 'node.log')
     try:
         node.wait_for('waiting for configure', 60)
-        wait_node_visible(env, '/qwen_vl')
+        wait_lifecycle_node(env, '/qwen_vl')
         for transition in ('configure', 'activate'):
             rc, out = run(f'ros2 lifecycle set /qwen_vl {transition}', env, timeout=60)
             assert 'Transitioning successful' in out, out

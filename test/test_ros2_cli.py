@@ -142,8 +142,9 @@ def test_examples_section(tiny_onnx_dir, tmp_path):
     try:
         with launched(launch_line.replace(README_MODEL_DIR, str(tiny_onnx_dir)), env,
                       tmp_path / 'launch.log') as launch, \
-                camera('/camera/color/image_raw'):
+                camera('/camera/color/image_raw') as cam:
             wait_node_visible(env, '/front/qwen_vl')
+            cam.wait_counter('frames_received', 1, timeout=30)
             prompt = None
             for command in commands[1:]:
                 if command.startswith('ros2 topic echo'):
@@ -191,7 +192,8 @@ def test_launch_arguments_params_file_and_compressed_remap(tiny_onnx_dir, tmp_pa
                f'model_dir:={tiny_onnx_dir} backend:=onnxruntime image_topic:=/cam/front')
     try:
         with launched(command, env, tmp_path / 'launch.log') as launch, \
-                camera('/cam/front', compressed=True):
+                camera('/cam/front', compressed=True) as cam:
+            cam.wait_counter('frames_received', 1, timeout=30)
             out = launch.output()
             assert 'image topic /cam/front/compressed (compressed' in out, out[-2000:]
             assert "(backend onnxruntime)" in out, out[-2000:]
