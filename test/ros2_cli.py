@@ -157,6 +157,7 @@ def alive(pid: int) -> bool:
 
 def wait_node_visible(env: dict, fq_name: str, timeout: float = 30) -> None:
     """Wait until the daemon lists the node (a fresh daemon needs 1-3 s of discovery)."""
+    run('ros2 daemon start', env, timeout=30)
     deadline = time.monotonic() + timeout
     out = ''
     while time.monotonic() < deadline:
@@ -168,8 +169,13 @@ def wait_node_visible(env: dict, fq_name: str, timeout: float = 30) -> None:
 
 
 def wait_lifecycle_node(env: dict, fq_name: str, timeout: float = 30) -> None:
-    """Wait until `ros2 lifecycle nodes` lists the node (its services are discovered later
-    than the node itself; until then `ros2 lifecycle get` says "Node not found")."""
+    """Wait until the daemon's `ros2 lifecycle nodes` lists the node.
+
+    Until the daemon has discovered the node's services `ros2 lifecycle get` says "Node not
+    found". The daemon is started first: the command that spawns it discovers the graph itself,
+    and the next one asks a daemon that has not yet (shared/ros2cli/README.md).
+    """
+    run('ros2 daemon start', env, timeout=30)
     deadline = time.monotonic() + timeout
     out = ''
     while time.monotonic() < deadline:
