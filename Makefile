@@ -139,7 +139,7 @@ rm -rf $(BUILD)/lib $(BUILD)/bdist.*
 $(1)/bin/python3 -m pip --disable-pip-version-check install --quiet --no-deps \
   --no-build-isolation .
 $(1)/bin/python3 scripts/link_ros_executables.py
-$(ROS_ENV) $(1) && cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
+. $(REPO)/scripts/ros_env.sh $(1) && cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
   $(1)/bin/python3 -m pytest $(2) -q -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 endef
 
