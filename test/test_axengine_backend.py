@@ -55,7 +55,7 @@ CHUNKED_EXPORT = {'image_size': (112, 112), 'prefill_len': 16, 'histories': (16,
 
 
 def tarball(release: str) -> Path:
-    """The release's tarball; skip with the reason where ../shared is absent."""
+    """Return the release's tarball; skip with the reason where ../shared is absent."""
     path = PYAX / f'{release}.tar.gz'
     if not path.exists():
         pytest.skip(f'{path} is absent: AXERA\'s pyaxengine releases live in ../shared '
@@ -112,7 +112,7 @@ def packed(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def reference(tiny_hf_dir):
-    """transformers' greedy tokens for a case (cached), checked free of near-ties."""
+    """Give transformers' greedy tokens for a case (cached), checked free of near-ties."""
     cache = {}
 
     def tokens(case):
@@ -131,7 +131,7 @@ def reference(tiny_hf_dir):
 
 @pytest.fixture(scope='module')
 def models(tiny_onnx_dir, export_variant, packed):
-    """The three builds of the matrix, packed with float32 I/O: (model dir, case) by name."""
+    """Pack the matrix's three builds with float32 I/O: (model dir, case) by name."""
     return {'image': (packed(tiny_onnx_dir), IMAGE),
             'video': (packed(export_variant(**VIDEO_EXPORT)), VIDEO),
             'chunked': (packed(export_variant(**CHUNKED_EXPORT)), CHUNKED_IMAGE)}
@@ -230,7 +230,7 @@ def _bf16_cases(size):
 
 @pytest.fixture(scope='module')
 def bf16_runs(tiny_onnx_dir, packed, tmp_path_factory):
-    """The current release on bf16 I/O, in-buffer and plain: (spec, its runs)."""
+    """Run the current release on bf16 I/O, in-buffer and plain: (spec, its runs)."""
     spec = {'model_dir': packed(tiny_onnx_dir, 'bfloat16'), 'cases': _bf16_cases([448, 448]),
             'in_buffer': [True, False]}
     out = drive(CURRENT, spec, tmp_path_factory.mktemp('bf16'))

@@ -76,8 +76,8 @@ class DecoderStack:
             names = [s.name for s in first.outputs(g)]
             lacking = [n for n in LAYER_OUTPUTS if n not in names]
             if lacking:
-                raise ModelDirError(f'{first.path}: decoder layer lacks outputs {lacking} in shape '
-                                    f'group {g} (it has {names}; CONTRACT.md: '
+                raise ModelDirError(f'{first.path}: decoder layer lacks outputs {lacking} in '
+                                    f'shape group {g} (it has {names}; CONTRACT.md: '
                                     f'{", ".join(LAYER_OUTPUTS)})')
             self._out_at[g] = [names.index(n) for n in LAYER_OUTPUTS]
         _, self.kv_len, self.kv_dim = spec['K_cache'].shape

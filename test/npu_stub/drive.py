@@ -23,7 +23,7 @@ import numpy as np
 
 
 def frame(h, w, seed):
-    """The tests' random RGB frame."""
+    """Make the tests' random RGB frame."""
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
@@ -62,7 +62,7 @@ def _describe(spec, out):
 
 
 def keepalive(spec, out):
-    """The in-buffer cache of a layer session must outlive the session object's last name."""
+    """Check that a layer's in-buffer cache outlives the session object's last name."""
     from qwen_vl_ros.vlm.runtime.axengine import AxSession
 
     path = sorted(p for p in os.listdir(spec['model_dir']) if '_l0_' in p)[0]

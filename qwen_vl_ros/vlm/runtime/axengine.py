@@ -77,7 +77,7 @@ def import_axengine():
 
 
 def _release(axengine) -> str:
-    """The installed pyaxengine, as well as it can be named: version and location."""
+    """Name the installed pyaxengine as well as it can: version and location."""
     try:
         from importlib.metadata import version
         ver = version('axengine')
@@ -88,7 +88,7 @@ def _release(axengine) -> str:
 
 
 def _provider_list(providers):
-    """pyaxengine takes a str or a list only (a tuple is refused): any other sequence -> list."""
+    """Give providers as pyaxengine takes them: a str or a list (it refuses a tuple)."""
     if providers is None or isinstance(providers, str):
         return providers
     return list(providers)

@@ -106,7 +106,7 @@ def pack_model_dir(onnx_dir, out_dir, float_io='bfloat16') -> Path:
 
 
 def numpy_dtype(name: str):
-    """numpy dtype of a container / ONNX type name ('bfloat16', 'float32', 'float', ...)."""
+    """Return the numpy dtype of a container or ONNX type name ('bfloat16', 'float', ...)."""
     import ml_dtypes
     import numpy as np
     name = {'float': 'float32', 'double': 'float64', 'float16': 'float16'}.get(name, name)
@@ -114,7 +114,10 @@ def numpy_dtype(name: str):
 
 
 def read_container(data) -> list:
-    """[(onnx bytes, group header), ...] of a container written by ``pack``; ValueError if not one."""
+    """Split a container written by ``pack``: [(onnx bytes, group header), ...].
+
+    Raises ValueError if ``data`` is not one.
+    """
     data = memoryview(data).cast('B')
     if bytes(data[:len(MAGIC)]) != MAGIC:
         raise ValueError('not a stub .axmodel (bad magic): pack it with scripts/pack_npu_stub.py')

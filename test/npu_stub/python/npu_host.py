@@ -130,7 +130,8 @@ class _Group:
         want = {a.name: numpy_dtype(a.type[len('tensor('):-1]) for a in self.session.get_inputs()}
         self.ort_dtypes = [want[t.name] for t in self.inputs]
         graph = onnx.load_model_from_string(onnx_bytes).graph
-        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        read = {name for node in graph.node for name in node.input}
+        read |= {o.name for o in graph.output}
         self.unread = [None if t.name in read else np.zeros(t.shape, d)
                        for t, d in zip(self.inputs, self.ort_dtypes)]
         self._keep = []
@@ -178,7 +179,7 @@ class _Model:
 
 
 def _guarded(fn):
-    """A callback never lets an exception into C: it prints it and returns -1."""
+    """Keep exceptions out of C: a failing callback prints the traceback and returns -1."""
     def wrapper(*args):
         try:
             return fn(*args)
