@@ -119,7 +119,7 @@ def summary_rows(r: dict) -> list:
     if s:
         med = s['median']
         rows.append(('5 process start to ready',
-                     f"{med['onnxruntime']['ready']:.2f} s (emulated axengine "
+                     f"{med['onnxruntime']['ready']:.2f} s (axengine on the stub NPU "
                      f"{med['axengine_emulation']['ready']:.2f} s)",
                      f"demo load {med['demo']['ready']:.2f} s",
                      f"{s['ratio_pipeline_demo']:.2f}", '(stages reported)', '-'))
