@@ -142,8 +142,9 @@ NOTES = """\
   stand-ins with onnxruntime behind a cffi callback). pyaxengine keeps persistent CMM buffers
   sized to the largest group, memmoves every fed input and flushes its whole buffer per run,
   invalidates and copies outputs; bf16 I/O. Host cost = CPU time of the decoding thread minus
-  the CPU time inside the stub NPU's run (wall-clock figures are printed too). `pipeline_plain_run` is the pipeline on the fallback
-  path (whole caches fed per step): the in-buffer KV cache is what makes the difference.
+  the CPU time inside the stub NPU's run (wall-clock figures are printed too).
+  `pipeline_plain_run` is the pipeline on the fallback path (whole caches fed per step): the
+  in-buffer KV cache is what makes the difference.
 - Bench 2's baseline converts the message with PIL's own raw BGR decoder, the cheapest way into
   the demo's PIL path; the numpy channel flip (about the 19 ms the issue quotes) is printed too.
 - Bench 3 counts the table's resident pages through /proc/self/smaps while it is in use.
