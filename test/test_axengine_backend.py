@@ -266,6 +266,18 @@ def test_bf16_chunked_in_buffer_equals_plain_and_missing_flush_shows(export_vari
     assert out['jobs'][1]['1']['tokens'][0] != out['jobs'][0]['1']['tokens'][0]
 
 
+def test_kv_length_edge_in_buffer(export_variant, packed, tmp_path):
+    """The last cache row is used, the same way in the buffers and on the host."""
+    model_dir = packed(export_variant(image_size=(112, 112), prefill_len=48, kv_len=56),
+                       'bfloat16')
+    out = drive(CURRENT, {'model_dir': model_dir, 'in_buffer': [True, False],
+                          'cases': [{'frames': [], 'prompt': 'hi', 'n': 100}]}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    fast, plain = out['runs']['1'], out['runs']['0']
+    assert fast['kv'] and fast['tokens'] == plain['tokens']
+    assert fast['prompt_tokens'][0] + len(fast['tokens'][0]) == 56 + 1
+
+
 def test_fallbacks_and_checks():
     from qwen_vl_ros.vlm.runtime import axengine_kv
 

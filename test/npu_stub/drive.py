@@ -8,8 +8,9 @@ JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str
        "in_buffer": [true, false], "env": {NAME: value} (set before loading, e.g.
        AX_STUB_CMM_FILL), "providers": null | [...], "providers_tuple": bool,
        "skip_row_flush": bool}
-OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "kv": bool,
-       "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's, "keepalive": str}
+OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "prompt_tokens": [...],
+       "kv": bool, "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
+       "keepalive": str}
 
 Frames are random RGB images from numpy's default_rng(seed), as the tests make them.
 """
@@ -50,14 +51,17 @@ def _describe(spec, out):
         pipe = Pipeline.load(spec['model_dir'], backend='axengine', providers=providers,
                              threads=1, progress=lambda m: None)
         npu_host.STATS.reset()
-        tokens = []
+        tokens, prompts = [], []
         for case in spec['cases']:
             opts = GenerationOptions(max_new_tokens=case.get('n', 24), greedy=True,
                                      repetition_penalty=1.0,
                                      second_per_grid_t=case.get('second_per_grid_t', 1.0))
             frames = [frame(*f) for f in case['frames']]
-            tokens.append(pipe.describe(frames, case['prompt'], opts).token_ids)
-        out['runs'][str(int(in_buffer))] = dict(tokens=tokens, kv=pipe.decoder.kv is not None,
+            result = pipe.describe(frames, case['prompt'], opts)
+            tokens.append(result.token_ids)
+            prompts.append(result.prompt_tokens)
+        out['runs'][str(int(in_buffer))] = dict(tokens=tokens, prompt_tokens=prompts,
+                                                kv=pipe.decoder.kv is not None,
                                                 **npu_host.cache_stats())
 
 
