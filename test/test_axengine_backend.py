@@ -221,6 +221,20 @@ def test_cli_json_stdout_stays_clean(models, reference, tmp_path):
     assert '[INFO] Using provider' in proc.stderr  # pyaxengine's prints: in the log
 
 
+def test_cli_bag_jsonl_on_stdout_stays_clean(models, tmp_path):
+    from qwen_vl_ros.bagtools import write_camera_bag
+    write_camera_bag(tmp_path / 'bag', frames=3, fps=1.0, width=64, height=48)
+    proc = subprocess.run(
+        [str(HERE.parent / 'scripts' / 'with_npu_stub.sh'), str(tarball(CURRENT)), '--',
+         sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--backend', 'axengine',
+         '--model-dir', models['image'][0], '--bag', str(tmp_path / 'bag'), '--every', '0',
+         '--max-new-tokens', '3', '--greedy'],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [len(d['token_ids']) for d in lines] == [3, 3, 3]
+
+
 def _bf16_cases(size):
     return [{'frames': [size + [1]], 'prompt': PROMPT, 'n': N},
             {'frames': [], 'prompt': 'Say hello.', 'n': N},
