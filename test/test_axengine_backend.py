@@ -11,10 +11,11 @@ test says otherwise.
   0.1.0rc1 / 0.1.1rc0 refused at load in one line; the older load_from_model wheel (its
   compiled runner replaced by test/npu_stub/legacy_runner.py) on the host cache;
 - the failures a board would show, each with the case that exposes it: garbage, NaN and 0x5A
-  CMM under the in-buffer cache, output views (video), pyaxengine's prints on stdout, a driver
-  that refuses interior flushes, a tuple of providers, a KV object outliving its session;
+  CMM under the in-buffer cache, output views (video), pyaxengine's prints on stdout
+  (--json, --bag), a driver that refuses interior flushes, a tuple of providers, a KV object
+  outliving its session, layer outputs in another order or missing (these two on onnxruntime);
 - on bf16 I/O (as compiled for the board): in-buffer equals plain run, moves far fewer bytes,
-  and a missing row flush changes the answer.
+  a missing row flush changes the answer, the last KV row is used the same way.
 
 Parity runs pack the models with float32 I/O (the NPU stub then computes exactly what
 onnxruntime does); the bf16 runs check the bf16 path against itself.
