@@ -54,7 +54,11 @@ def prints_to_log():
     logged at INFO. The redirection is process-wide: use it only around pyaxengine calls.
     """
     sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all (a daemon): nothing to keep clean
+        yield
+        return
     with tempfile.TemporaryFile(mode='w+b') as sink:
         os.dup2(sink.fileno(), 1)
         try:
