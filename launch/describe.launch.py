@@ -70,7 +70,8 @@ def _end_launch(event, context):
     """End the launch when the node exits, unless it is already ending (Ctrl-C).
 
     A second shutdown of a launch that has a LifecycleNode fails in launch_ros ("Cannot
-    shutdown a ROS adapter that is not running") and makes `ros2 launch` exit 1.
+    shutdown a ROS adapter that is not running") and makes `ros2 launch` exit 1. (launch runs
+    on_exit on every exit: a respawning node must not end the launch here.)
     """
     if context.is_shutdown:
         return None
