@@ -325,12 +325,14 @@ class DescribeNode(Node):
         """
         options = s.generation_options(max_new_tokens)
         max_pixels = s.max_pixels
+        bit_depth = s.bit_depth
         source = sources[-1]
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
             # a frame that cannot be converted leaves the ring, or it would spoil every video
-            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard)
+            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard,
+                                 bit_depth=bit_depth)
             convert_ms = 1e3 * (time.perf_counter() - t0)
             opts = options
             if len(frames) > 1:

@@ -3,8 +3,8 @@
 Every parameter is declared with a ParameterDescriptor (description, FloatingPointRange /
 IntegerRange, read_only). Read-only ones need a reload of the model or a new subscription; the
 others (prompt, period_s, video_frames, video_interval_s, the sampling parameters,
-max_new_tokens, max_image_age_s, max_pixels, request_timeout_s) take effect with the next
-request. The video parameters can change at run time because the ring buffer lives in the node's
+max_new_tokens, max_image_age_s, max_pixels, request_timeout_s, bit_depth) take effect with the
+next request. The video parameters can change at run time because the ring buffer lives in the node's
 frame store: resizing it needs neither the model nor the subscription.
 
 Sampling parameters use sentinels that mean "what the model's generation_config.json says":
@@ -63,6 +63,8 @@ class Spec:
                 return f'{self.name} must be in [{lo}, {hi}], got {value!r}'
         if self.name == 'prompt' and not str(value).strip():
             return 'prompt must not be empty'
+        if self.name == 'bit_depth' and 0 < value < 8:
+            return 'bit_depth must be 0 (auto) or 8..16'
         if self.name == 'video_frames' and value == 1:
             return 'video_frames must be 0 (image mode) or at least 2 (frames of one video)'
         return None
@@ -143,6 +145,11 @@ SPECS = (
     Spec('request_timeout_s', 300.0,
          'Longest a ~/describe call waits for its answer (queue wait included) before it '
          'answers success=false "timeout".', range=(1.0, 86400.0)),
+    Spec('bit_depth', 0,
+         'Bits a 16-bit image (mono16, bayer_*16, rgb16, ..., 16-bit PNG) really holds: a value '
+         'v becomes min(255, v >> (bit_depth - 8)); 12 for a 12-bit sensor (0..4095), 16 = the '
+         "high byte; 0 = auto: the bit length of each frame's brightest value (at least 8). "
+         'Changeable at run time.', range=(0, 16)),
 )
 
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -173,6 +180,7 @@ class Settings:
     image_reliability: str
     queue_size: int
     request_timeout_s: float
+    bit_depth: int = 0
 
     def replace(self, **changes) -> Settings:
         """Return a copy with some values changed."""
