@@ -26,7 +26,7 @@ RED = (230, 20, 20)
 
 
 def picture(h=H, w=W):
-    """A smooth colourful RGB picture with a pure red block (colour swaps show at once)."""
+    """Make a smooth colourful RGB picture with a pure red block (colour swaps show at once)."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     rgb = np.stack([40 + 170 * x / (w - 1), 30 + 180 * y / (h - 1),
                     np.full_like(x, 120)], axis=2).round().astype(np.uint8)
@@ -41,7 +41,7 @@ def encode(ext, mat, *params):
 
 
 def jpeg_of_rgb(rgb):
-    """A JPEG as OpenCV writes a BGR mat (what compressed_image_transport publishes)."""
+    """Encode a JPEG as OpenCV writes a BGR mat (what compressed_image_transport publishes)."""
     return encode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cv2.IMWRITE_JPEG_QUALITY, 95)
 
 
@@ -219,10 +219,10 @@ def test_compressed_depth_is_refused_with_its_reason(fmt):
     assert 'compressedDepth' in text and 'depth' in text and 'not camera pictures' in text
 
 
-# --- 3. bit depth ---------------------------------------------------------------------------------
+    """Return 12-bit mono data 0..4095 (brightest pixel 4095) and its 8-bit picture."""
 
 def twelve_bit(h=H, w=W, seed=0):
-    """mono 12-bit data 0..4095 (brightest pixel 4095) and its 8-bit picture (v >> 4)."""
+    """Return mono 12-bit data 0..4095 (brightest pixel 4095) and its 8-bit picture (v >> 4)."""
     v = np.random.default_rng(seed).integers(0, 4096, (h, w)).astype(np.uint16)
     v[0, 0] = 4095
     return v, (v >> 4).astype(np.uint8)
@@ -274,8 +274,8 @@ def test_bayer16_with_12_bit_data(pattern, bit_depth):
         dy, dx = divmod(i, 2)
         mosaic[dy::2, dx::2] = (scene['rgb'.index(c)] << 4) | 0xF   # ... as 12-bit samples
     out = image_to_rgb(raw(mosaic, f'bayer_{pattern}16'), bit_depth=bit_depth)
-    np.testing.assert_array_equal(out[2:-2, 2:-2], np.broadcast_to(scene.astype(np.uint8),
-                                                                   (12, 12, 3)))
+    want = np.broadcast_to(scene.astype(np.uint8), (12, 12, 3))
+    np.testing.assert_array_equal(out[2:-2, 2:-2], want)
 
 
 @pytest.mark.parametrize('encoding', ['rgb16', 'bgr16'])

@@ -4,8 +4,8 @@ Every parameter is declared with a ParameterDescriptor (description, FloatingPoi
 IntegerRange, read_only). Read-only ones need a reload of the model or a new subscription; the
 others (prompt, period_s, video_frames, video_interval_s, the sampling parameters,
 max_new_tokens, max_image_age_s, max_pixels, request_timeout_s, bit_depth) take effect with the
-next request. The video parameters can change at run time because the ring buffer lives in the node's
-frame store: resizing it needs neither the model nor the subscription.
+next request. The video parameters can change at run time because the ring buffer lives in the
+node's frame store: resizing it needs neither the model nor the subscription.
 
 Sampling parameters use sentinels that mean "what the model's generation_config.json says":
 temperature < 0, top_k < 0, top_p <= 0, repetition_penalty <= 0 (the defaults). Otherwise
