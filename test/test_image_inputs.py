@@ -219,10 +219,10 @@ def test_compressed_depth_is_refused_with_its_reason(fmt):
     assert 'compressedDepth' in text and 'depth' in text and 'not camera pictures' in text
 
 
-    """Return 12-bit mono data 0..4095 (brightest pixel 4095) and its 8-bit picture."""
+# --- 3. bit depth -------------------------------------------------------------------------------
 
 def twelve_bit(h=H, w=W, seed=0):
-    """Return mono 12-bit data 0..4095 (brightest pixel 4095) and its 8-bit picture (v >> 4)."""
+    """Return 12-bit mono data 0..4095 (brightest pixel 4095) and its 8-bit picture."""
     v = np.random.default_rng(seed).integers(0, 4096, (h, w)).astype(np.uint16)
     v[0, 0] = 4095
     return v, (v >> 4).astype(np.uint8)
