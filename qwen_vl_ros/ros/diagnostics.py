@@ -22,7 +22,11 @@ COUNTERS = (
     'runtime_errors',           # the runtime failed while generating
     'internal_errors',          # anything else (a bug: the log has the traceback)
     'cancelled',                # jobs dropped or cut short (time-out, shut-down)
+    'frames_lost',              # image messages the middleware reported lost (MESSAGE_LOST)
+    'qos_incompatible',         # image publishers whose QoS cannot match the subscription
 )
+# Counted like errors for the status level: frames that never reached the node.
+LOSSES = ('frames_lost', 'qos_incompatible')
 ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors')
 
 
@@ -42,6 +46,14 @@ class Counters:
                 self.last_problem = problem
             return self._values[name]
 
+    def add(self, name: str, n: int, problem: str = '') -> int:
+        """Add ``n`` to a counter (e.g. frames lost, reported in batches)."""
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + int(n)
+            if problem:
+                self.last_problem = problem
+            return self._values[name]
+
     def snapshot(self) -> dict:
         with self._lock:
             return dict(self._values)
@@ -50,7 +62,7 @@ class Counters:
                stamp) -> DiagnosticArray:
         """One DiagnosticArray: level WARN when errors happened since the previous call."""
         values = self.snapshot()
-        errors = sum(values[k] for k in ERRORS)
+        errors = sum(values[k] for k in ERRORS + LOSSES)
         st = DiagnosticStatus(name=name, hardware_id=hardware_id)
         if state == 'failed':
             st.level, st.message = DiagnosticStatus.ERROR, 'the model did not load'

@@ -42,6 +42,7 @@ from . import params
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
 from .diagnostics import Counters
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
+from .inflow import InflowWatch, create_image_subscription
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -76,10 +77,12 @@ class DescribeNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT))
         msg_type, topic = ((CompressedImage, 'image/compressed')
                            if s.image_transport == 'compressed' else (Image, 'image'))
-        self._image_sub = self.create_subscription(
-            msg_type, topic, self._on_image, qos,
-            callback_group=MutuallyExclusiveCallbackGroup())
+        self.inflow = InflowWatch(topic, s.image_reliability, s.image_transport)
+        self._image_sub, self.lost_events = create_image_subscription(
+            self, msg_type, topic, self._on_image, qos, MutuallyExclusiveCallbackGroup(),
+            self._on_lost, self._on_incompatible)
         self.image_topic = getattr(self._image_sub, 'topic_name', topic)
+        self.inflow.topic = self.image_topic
 
         self._pub_text = self.create_publisher(String, '~/description', 10)
         self._pub_stamped = self.create_publisher(Description, '~/description/stamped', 10)
@@ -184,6 +187,32 @@ class DescribeNode(Node):
     def _on_image(self, msg) -> None:
         self.frames.put(msg, self.get_clock().now())
         self.counters.inc('frames_received')
+        self.inflow.on_frame(msg, time.monotonic())
+
+    def _on_lost(self, info) -> None:
+        """Count and warn about a MESSAGE_LOST event on the image subscription."""
+        text = self.inflow.on_lost(info.total_count_change)
+        if text:
+            self.counters.add('frames_lost', int(info.total_count_change), text)
+            self._warn_throttled(('inflow', 'lost'), text)
+
+    def _on_incompatible(self, info) -> None:
+        text = InflowWatch.on_incompatible(self.image_topic, self.settings.image_reliability)
+        self.counters.inc('qos_incompatible', text)
+        self._warn_throttled(('inflow', 'incompatible'), text)
+
+    def _check_inflow(self) -> None:
+        """Warn when publishers are there but no frames come (not every rmw reports losses)."""
+        try:
+            infos = self.get_publishers_info_by_topic(self.image_topic)
+        except Exception:  # noqa: BLE001 - a graph query during shut-down
+            return
+        reliable = ReliabilityPolicy.RELIABLE
+        text = self.inflow.check(time.monotonic(), [
+            'reliable' if i.qos_profile.reliability == reliable else 'best_effort'
+            for i in infos])
+        if text:
+            self._warn_throttled(('inflow', 'quiet'), text)
 
     def _frame_age(self, source: Source) -> float | None:
         """Seconds since the frame's stamp (since arrival when the stamp is zero); None = n/a."""
@@ -385,6 +414,7 @@ class DescribeNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        self._check_inflow()
         arr = self.counters.status(f'{self._diag_name}: describe',
                                    self.settings.backend, self.worker.state,
                                    self.worker.pending, self.get_clock().now().to_msg())

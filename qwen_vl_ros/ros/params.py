@@ -135,9 +135,12 @@ SPECS = (
          'raw: subscribe sensor_msgs/Image on "image"; compressed: subscribe '
          'sensor_msgs/CompressedImage on "image/compressed".',
          read_only=True, choices=TRANSPORTS),
-    Spec('image_reliability', 'best_effort',
-         'QoS reliability of the image subscription (sensor-data QoS, depth 1): best_effort '
-         'matches every publisher; reliable matches only reliable publishers.',
+    Spec('image_reliability', 'reliable',
+         'QoS reliability of the image subscription (keep last 1): reliable (default) gets '
+         'every frame of a reliable publisher (image_transport publishers, qwen-vl-replay); '
+         'best_effort also matches sensor-data (best_effort) publishers, but on loopback Fast '
+         'DDS loses most raw frames of 640x480 and up that way (README, "What reaches the '
+         'node"). Lost frames are counted (frames_lost) and warned about.',
          read_only=True, choices=RELIABILITIES),
     Spec('queue_size', 2,
          'Requests that may wait for the inference worker; when full, ~/describe answers '
