@@ -10,7 +10,6 @@ forge an assistant turn (the system prompt, the operator's, keeps its special to
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -61,33 +60,13 @@ def keep_torch_out() -> None:
 def load_tokenizer(tokenizer_dir: str):
     """Load the HF tokenizer offline, with the multimodal chat template.
 
-    The processor's template (chat_template.json / chat_template.jinja) wins over the one in
-    tokenizer_config.json: Qwen2.5-VL ships a text-only template there that cannot render
-    image or video content.
+    Directories written by transformers 4.49..5.x and AXERA's releases load under either
+    major (tokenizer_dir.load_tokenizer). The template is the first that renders image and
+    video content, processor files first: Qwen2.5-VL ships a text-only template in
+    tokenizer_config.json. Raises ModelDirError.
     """
-    from transformers import AutoTokenizer
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    except Exception as e:  # transformers raises OSError/ValueError/... for broken dirs
-        raise ModelDirError(f'cannot load the tokenizer from {tokenizer_dir}: {e}') from e
-    json_path = os.path.join(tokenizer_dir, 'chat_template.json')
-    jinja_path = os.path.join(tokenizer_dir, 'chat_template.jinja')
-    if os.path.exists(json_path):
-        with open(json_path, encoding='utf-8') as f:
-            tok.chat_template = json.load(f)['chat_template']
-    elif os.path.exists(jinja_path):
-        with open(jinja_path, encoding='utf-8') as f:
-            tok.chat_template = f.read()
-    elif not getattr(tok, 'chat_template', None):
-        raise ModelDirError(f'{tokenizer_dir}: no chat template (chat_template.json, '
-                            'chat_template.jinja or in tokenizer_config.json)')
-    try:  # render once now, so that a broken template or a missing jinja2 fails the load
-        tok.apply_chat_template([{'role': 'user', 'content': [{'type': 'text', 'text': ''}]}],
-                                tokenize=False, add_generation_prompt=True)
-    except Exception as e:  # ImportError (no jinja2), jinja2's TemplateError, ...
-        raise ModelDirError(f'{tokenizer_dir}: the chat template does not render: '
-                            f'{type(e).__name__}: {e}') from e
-    return tok
+    from .tokenizer_dir import load_tokenizer as load
+    return load(tokenizer_dir)
 
 
 def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray:
