@@ -50,7 +50,7 @@ def source(request, tmp_path_factory):
 
 
 def reference(tok, prompt, blocks):
-    """transformers' rendering and ids (ordinary prompts: no special-token strings)."""
+    """Return transformers' rendering and ids (ordinary prompts: no special-token strings)."""
     content = [{'type': b.kind} for b in blocks] + [{'type': 'text', 'text': prompt}]
     text = tok.apply_chat_template([{'role': 'user', 'content': content}], tokenize=False,
                                    add_generation_prompt=True)

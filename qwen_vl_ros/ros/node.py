@@ -15,6 +15,7 @@ mutually exclusive groups, the service in a reentrant group (each call waits for
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -142,10 +143,10 @@ class DescribeNode(Node):
             f'{type(error).__name__}: {one_line(error)}')
         self.exit_code = 1
 
-    def close(self) -> bool:
+    def close(self, timeout: float = 1.0) -> bool:
         """Stop the worker (cancels the running generation); True when its thread has ended."""
         self._closing.set()
-        ended = self.worker.stop(timeout=1.0)
+        ended = self.worker.stop(timeout=timeout)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
         line = f'stopped ({stats or "nothing done"})'
@@ -463,52 +464,98 @@ class _RosLogHandler(logging.Handler):
 def main(args=None) -> int:
     """Entry point of `describe_node` (ros2 run qwen_vl_ros describe_node --ros-args ...).
 
-    Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
+    Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load (or on an unexpected
+    error: its traceback is logged), 2 for bad parameters. Every way out goes through
+    shut_down and exit_process: the process never ends in interpreter teardown.
     """
     keep_torch_out()
     rclpy.init(args=args)
-    node = None
-    executor = None
-    code = 0
-    worker_ended = True
+    made: dict = {}   # 'node', 'executor' as they are made
+    code = 1
     try:
-        try:
-            node = DescribeNode()
-        except (ValueError, ParameterException) as e:
-            hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
-                    if "expecting type 'DOUBLE'" in str(e) else '')
-            print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
-                  flush=True)
-            return 2
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-        executor.add_node(node)
-        node.start()
-        while rclpy.ok() and node.exit_code is None:
-            executor.spin_once(timeout_sec=0.25)
-        code = node.exit_code or 0
+        code = _serve(made)
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     except Exception:
         # SIGINT/SIGTERM shut the context down; a spin_once running at that moment may raise
         # RCLError ("context is not valid") instead of ExternalShutdownException: a normal stop.
         if rclpy.ok():
-            raise
-        code = 0
+            print(f'[describe_node] unexpected error:\n{traceback.format_exc()}',
+                  file=sys.stderr, flush=True)
+            code = 1
+        else:
+            code = 0
     finally:
-        if node is not None:
-            worker_ended = node.close()
-        if executor is not None:
-            executor.shutdown(timeout_sec=0.5)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if not worker_ended:
-        # The worker is inside a model run that cannot be interrupted: do not wait for it, and
-        # do not let interpreter teardown race with the runtime's native threads.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        left = shut_down(made.get('node'), made.get('executor'))
+    exit_process(code, left)
+
+
+def _serve(made: dict) -> int:
+    """Make the node and spin until a signal or a failed load; return the exit code."""
+    try:
+        node = made['node'] = DescribeNode()
+    except (ValueError, ParameterException) as e:
+        hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
+                if "expecting type 'DOUBLE'" in str(e) else '')
+        print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
+              flush=True)
+        return 2
+    executor = made['executor'] = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor.add_node(node)
+    node.start()
+    while rclpy.ok() and node.exit_code is None:
+        executor.spin_once(timeout_sec=0.25)
+    return node.exit_code or 0
+
+
+# How long shut-down waits for the inference worker, then for the executor's callbacks.
+WORKER_JOIN_S = 1.0
+EXECUTOR_JOIN_S = 1.0
+
+
+def shut_down(node: DescribeNode | None, executor) -> list:
+    """Stop everything that runs threads, in a fixed order; return the threads still running.
+
+    1. the inference worker: its generation is cancelled at the next token; a model run in
+       progress cannot be interrupted, so it is waited for at most WORKER_JOIN_S;
+    2. the executor's callback threads (service calls waiting for a job see the node closing);
+    3. the model: onnxruntime sessions (and their thread pools) are released here, on this
+       thread, once the worker has ended - not later by the garbage collector;
+    4. the node's subscriptions, services and timers, then the rclpy context (the DDS
+       participant and its threads, ROS logging).
+    """
+    if node is not None:
+        node.close(timeout=WORKER_JOIN_S)
+    if executor is not None:
+        executor.shutdown(timeout_sec=EXECUTOR_JOIN_S)
+    if node is not None:
+        if not node.worker.alive:
+            node.worker.pipeline = None
+            gc.collect()
+        node.destroy_node()
+    rclpy.try_shutdown()
+    me = threading.current_thread()
+    return sorted(t.name for t in threading.enumerate() if t is not me and t.is_alive())
+
+
+def exit_process(code: int, left: list):
+    """End the process now with ``code``, without interpreter teardown (never returns).
+
+    After shut_down there is nothing left to clean up. What teardown would still do is run
+    atexit handlers and destroy native objects (a session a still-running worker holds,
+    Fast DDS's and onnxruntime's static state, C++ static destructors) in an order nobody
+    controls while native threads may still be running: the likely source of a rare SIGSEGV
+    (exit code -11) after "stopped". os._exit skips all of it; the output is flushed first.
+    The last line names the code and any thread not waited for.
+    """
+    line = f'[describe_node] exit code {code}'
+    if left:
+        line += f' (threads not waited for: {", ".join(left)})'
+    print(line, file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':
