@@ -134,3 +134,47 @@ def test_default_reliable_gets_every_frame_and_names_incompatible_publishers(tin
         node.wait_for_log(r'nothing received on ' + TOPIC + r' for \d+ s although 1 '
                           r'publisher\(s\) \(best_effort\)[^\n]*image_reliability: best_effort',
                           timeout=20)
+
+
+class _NodeOfAnRmwWithoutLostEvents:
+    """An rclpy node as seen on an rmw that lacks the message-lost event (e.g. older rmws).
+
+    Only that rmw's answer is stood in for: the exception is rclpy's own class, raised where
+    rclpy raises it (creating the event handler); everything else is a real rclpy node.
+    """
+
+    def __init__(self, node):
+        self.node = node
+        self.calls = []
+
+    def create_subscription(self, *args, event_callbacks=None, **kwargs):
+        from rclpy.event_handler import UnsupportedEventTypeError
+        self.calls.append(event_callbacks)
+        if event_callbacks is not None and event_callbacks.message_lost is not None:
+            raise UnsupportedEventTypeError('message lost event is not supported')
+        return self.node.create_subscription(*args, event_callbacks=event_callbacks, **kwargs)
+
+
+def test_subscription_without_lost_events_falls_back():
+    import rclpy
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    from qwen_vl_ros.ros.inflow import create_image_subscription
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        real = rclpy.create_node('inflow_fallback', context=context)
+        node = _NodeOfAnRmwWithoutLostEvents(real)
+        sub, lost = create_image_subscription(node, Image, 'image', lambda m: None,
+                                              QoSProfile(depth=1), None, lambda i: None,
+                                              lambda i: None)
+        assert lost is False and sub.topic_name == '/image'
+        assert node.calls[-1].incompatible_qos is not None   # still told about QoS mismatches
+        sub2, lost2 = create_image_subscription(real, Image, 'image2', lambda m: None,
+                                                QoSProfile(depth=1), None, lambda i: None,
+                                                lambda i: None)
+        assert lost2 is True    # Fast DDS here reports lost messages
+        real.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

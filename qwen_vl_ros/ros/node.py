@@ -84,6 +84,10 @@ class DescribeNode(Node):
             self._on_lost, self._on_incompatible)
         self.image_topic = getattr(self._image_sub, 'topic_name', topic)
         self.inflow.topic = self.image_topic
+        if not self.lost_events:
+            self.get_logger().info(
+                f'the middleware does not report lost messages on {self.image_topic}: frames '
+                'lost there are noticed only when nothing arrives for a while')
 
         self._pub_text = self.create_publisher(String, '~/description', 10)
         self._pub_stamped = self.create_publisher(Description, '~/description/stamped', 10)
