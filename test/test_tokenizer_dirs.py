@@ -142,9 +142,16 @@ VARIANTS = ['hub_4.49', 'saved_4.57', 'saved_4.57_named', 'saved_5.x', 'saved_5.
             'template_list_in_config', 'text_only_jinja_multimodal_json']
 
 
+# With the real vocabulary (3 s a load), the variants that take different loading paths: the
+# hub layout (AutoTokenizer, Qwen2), 5.x's two classes with the list, AXERA's vocab + merges.
+REAL_VARIANTS = ('hub_4.49', 'saved_5.x', 'saved_5.x_qwen', 'axera')
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_every_variant_gives_the_same_ids_and_rendering(source, variant, tmp_path):
     tokenizer_str, template, ref_tok, name = source
+    if name == 'real' and variant not in REAL_VARIANTS:
+        pytest.skip('same loading path as a real-vocabulary variant; covered with the tiny one')
     d = write_variant(tmp_path / variant, variant, tokenizer_str, template)
     tok = load_tokenizer(str(d))
     assert tok.eos_token == '<|im_end|>' and tok.pad_token == '<|endoftext|>'
