@@ -34,6 +34,8 @@ def test_watch_lost_text_names_topic_size_and_remedy():
                1.0)
     text = w.on_lost(2)
     assert '640x480 rgb8, 0.92 MB' in text and '5 so far' in text and w.lost == 5
+    assert '5 frame(s) lost by the middleware' in w.hint()
+    assert InflowWatch(TOPIC, 'reliable', 'raw').hint() == ''
 
 
 def test_watch_quiet_publishers():
@@ -103,6 +105,9 @@ def test_best_effort_losses_are_warned_and_counted(tiny_onnx_dir, tmp_path):
         assert 'image_reliability: reliable' in line and 'image_transport: compressed' in line
         if received:
             assert '640x480 rgb8, 0.92 MB' in line or 'no frame received yet' in line
+        else:   # a request about the newest frame says why there is none
+            r = client.describe()
+            assert r.message.startswith('no image') and 'lost by the middleware' in r.message
         from diagnostic_msgs.msg import DiagnosticStatus
         st = [s for arr in client.diagnostics for s in arr.status if 'qwen_vl' in s.name]
         assert any(s.level == DiagnosticStatus.WARN and 'lost by the middleware' in s.message

@@ -71,6 +71,14 @@ class InflowWatch:
                 f'{got}; subscription {self.reliability}): large frames over best_effort are '
                 f'dropped when any of their fragments is lost; {self._advice()}')
 
+    def hint(self) -> str:
+        """Return '' or a clause for "nothing received" replies: frames were lost, and why."""
+        with self._lock:
+            lost = self.lost
+        if not lost:
+            return ''
+        return f' ({lost} frame(s) lost by the middleware so far: {self._advice()})'
+
     @staticmethod
     def on_incompatible(topic: str, reliability: str) -> str:
         """Say what a publisher whose QoS cannot match means (REQUESTED_INCOMPATIBLE_QOS)."""

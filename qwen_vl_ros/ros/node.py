@@ -303,7 +303,8 @@ class DescribeNode(Node):
             newest = self.frames.newest()
             if newest is None:
                 return _refuse(response, f'no image: nothing received on {self.image_topic} '
-                                         'yet, and the request has no image')
+                                         'yet, and the request has no image'
+                                         + self.inflow.hint())
             if len(kept) < video_frames:
                 return _refuse(response, self._filling(len(kept), video_frames))
             sources = kept if video_frames else [newest]
