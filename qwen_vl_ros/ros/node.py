@@ -502,6 +502,7 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore_from_now_on()
     if not worker_ended:
         # The worker is inside a model run that cannot be interrupted: do not wait for it, and
         # do not let interpreter teardown race with the runtime's native threads.

@@ -6,7 +6,9 @@ main() half-way through its clean-up and the process dies of the signal (exit co
 these handlers a signal only sets an event and logs. They are installed before rclpy.init:
 rclpy's own handler shuts the context down and then calls the handler it found, i.e. this one,
 and it restores this one when the last context is shut down, so a signal after rclpy.shutdown
-is also just logged.
+is also just logged. When main() returns, Python's finalization would put the default
+handlers back (a signal then kills the exiting process with -2 / -15): ``ignore_from_now_on``
+sets SIG_IGN, which finalization leaves alone.
 """
 
 from __future__ import annotations
@@ -37,3 +39,9 @@ def install_stop_handlers(name: str) -> threading.Event:
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     return requested
+
+
+def ignore_from_now_on() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of the process (its exit is under way)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
