@@ -160,7 +160,8 @@ class DescribeNode(Node):
         """Stop the worker (cancels the running generation); True when its thread has ended."""
         self._closing.set()
         self.watchdog.stop()
-        ended = self.worker.stop(timeout=1.0)
+        # a model still loading is inside the runtime's native code: waiting cannot help
+        ended = self.worker.stop(timeout=0.1 if self.worker.state == 'loading' else 1.0)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
         line = f'stopped ({stats or "nothing done"})'
