@@ -102,6 +102,33 @@ def test_hang_in_process_returns_when_released(faulty):
     assert out['r'].token_ids == clean
 
 
+def test_nan_rows_in_the_npu_buffers_are_cleared_there_too(tiny_onnx_dir, tmp_path):
+    """Clear the in-buffer KV cache (axengine_kv, on the pyaxengine emulation) on the device.
+
+    NaN rows left in the device's cache buffers fail the next request by name, are zeroed and
+    flushed, and the request after that is a clean run.
+    """
+    ax = pytest.importorskip('test_axengine_backend')
+    sys.path.insert(0, str(ax.EMULATION))
+    try:
+        ax._drop_axengine()
+        from axmodel_pack import pack_model_dir
+        ax_dir = pack_model_dir(tiny_onnx_dir, tmp_path / 'axmodel')
+        pipe = ax.load(str(ax_dir))
+        assert pipe.decoder.kv is not None
+        clean = describe(pipe).token_ids
+        for kv in pipe.decoder.kv:      # what a NaN run leaves behind, visible to the device
+            kv._k[...] = np.nan
+            kv._v[...] = np.nan
+            kv._flush_rows(0, kv.length)
+        with pytest.raises(NonFiniteOutput, match='^NaN logits'):
+            describe(pipe)      # masked rows still poison attention: NaN + mask is NaN
+        assert describe(pipe).token_ids == clean
+    finally:
+        sys.path.remove(str(ax.EMULATION))
+        ax._drop_axengine()
+
+
 # -- the watchdog on the worker alone -------------------------------------------------------
 def test_watchdog_answers_waiting_jobs_refuses_new_ones_and_exits():
     w = InferenceWorker(lambda: 'pipe', queue_size=2)
