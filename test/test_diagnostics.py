@@ -5,6 +5,7 @@ test process reads the statuses through: no camera yet, a camera streaming, a ca
 and a bad request image. (A hung runtime going ERROR is in test_faults.py.)
 """
 
+import threading
 import time
 
 import pytest
@@ -101,7 +102,11 @@ def stream(client, seconds: float, hz: float = 10.0):
 
 def test_a_streaming_camera_is_ok_with_rate_age_and_timings(client):
     stream(client, 3.0)
+    # the report read while frames still come (once they stop, ticks have no new frame)
+    streaming = threading.Thread(target=stream, args=(client, 2.5), daemon=True)
+    streaming.start()
     statuses = newest(client, time.monotonic())
+    streaming.join()
     cam = statuses['camera']
     assert cam.level == OK, cam.message
     assert cam.message.startswith('receiving /image: ') and 'frames/s, newest' in cam.message
