@@ -103,30 +103,26 @@ def test_hang_in_process_returns_when_released(faulty):
 
 
 def test_nan_rows_in_the_npu_buffers_are_cleared_there_too(tiny_onnx_dir, tmp_path):
-    """Clear the in-buffer KV cache (axengine_kv, on the pyaxengine emulation) on the device.
+    """Clear the in-buffer KV cache (axengine_kv) on the device, under the real pyaxengine.
 
-    NaN rows left in the device's cache buffers fail the next request by name, are zeroed and
-    flushed, and the request after that is a clean run.
+    NaN rows left in the session's cache buffers (what a NaN run leaves) fail the next request
+    by name (masked rows still poison attention: NaN + mask is NaN), are zeroed and flushed,
+    and the request after that is a clean run (test/npu_stub/drive.py, action nan_rows).
     """
     ax = pytest.importorskip('test_axengine_backend')
-    sys.path.insert(0, str(ax.EMULATION))
+    sys.path.insert(0, str(ax.STUB / 'python'))
     try:
-        ax._drop_axengine()
         from axmodel_pack import pack_model_dir
-        ax_dir = pack_model_dir(tiny_onnx_dir, tmp_path / 'axmodel')
-        pipe = ax.load(str(ax_dir))
-        assert pipe.decoder.kv is not None
-        clean = describe(pipe).token_ids
-        for kv in pipe.decoder.kv:      # what a NaN run leaves behind, visible to the device
-            kv._k[...] = np.nan
-            kv._v[...] = np.nan
-            kv._flush_rows(0, kv.length)
-        with pytest.raises(NonFiniteOutput, match='^NaN logits'):
-            describe(pipe)      # masked rows still poison attention: NaN + mask is NaN
-        assert describe(pipe).token_ids == clean
     finally:
-        sys.path.remove(str(ax.EMULATION))
-        ax._drop_axengine()
+        sys.path.remove(str(ax.STUB / 'python'))
+    model_dir = pack_model_dir(tiny_onnx_dir, tmp_path / 'axmodel', 'bfloat16')
+    case = {'frames': [[448, 448, 1]], 'prompt': 'Describe this image.', 'n': 8}
+    out = ax.drive(ax.CURRENT, {'action': 'nan_rows', 'model_dir': str(model_dir),
+                                'cases': [case]}, tmp_path, AX_STUB_CMM_FILL='zero')
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    r = out['nan_rows']
+    assert r['poisoned'].startswith('NonFiniteOutput: NaN logits'), r['poisoned']
+    assert r['after'] == r['clean'] and len(r['clean']) == 8
 
 
 # -- the watchdog on the worker alone -------------------------------------------------------
