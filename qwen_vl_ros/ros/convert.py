@@ -7,7 +7,7 @@ from std_msgs.msg import String
 
 from ..vlm.errors import (ImageError, ModelDirError, PromptError, PromptTooLongError,
                           RuntimeFailure, VLMError)
-from .worker import Cancelled
+from .worker import Cancelled, RuntimeHung
 
 TIMER = 'timer'
 SERVICE = 'service'
@@ -59,6 +59,7 @@ _KINDS = (
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),
     (Cancelled, 'cancelled', 'cancelled'),
+    (RuntimeHung, 'runtime_errors', 'runtime hung'),
 )
 
 
