@@ -14,6 +14,8 @@
 #   make test-jazzy .venv-jazzy (Python 3.10, ROS 2 Jazzy wheels, numpy 1.26, transformers 4.49):
 #                   the suite again, reusing the tiny models `make pytest` left in build/test_models
 #   make test-tf5   .venv-tf5 (transformers 5.x, no torch, no ROS): the core tests again
+#   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
+#                   50 random stops (~17 min; not in make test) -> bench/SOAK.md
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -166,6 +168,13 @@ demo: install
 .PHONY: bench
 bench: install
 	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/run_all.py
+
+# Ten minutes of a 30 Hz camera stream, timer and calls into the node, then 50 random stops
+# (bench/soak.py, ~17 min; not part of make test) -> bench/SOAK.md. SOAK_ARGS='--minutes 2'.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: install
+	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache

@@ -2,12 +2,16 @@
 
     ros2 launch qwen_vl_ros describe.launch.py model_dir:=/opt/models/qwen2.5-vl \
         image_topic:=/camera/color/image_raw [namespace:=robot1] [backend:=axengine] \
-        [params_file:=/path/to/my.yaml]
+        [params_file:=/path/to/my.yaml] [respawn:=true] [respawn_delay:=2.0]
 
 model_dir and backend, when given, override the params file. image_topic remaps both `image`
 and `image/compressed` (to <image_topic>/compressed), so image_transport:=compressed in the params
-file works with the same argument. When the node exits (e.g. the model does not load) the launch
-ends with it. describe_managed.launch.py reuses this file's arguments and node options.
+file works with the same argument. respawn:=true starts the node again respawn_delay seconds
+after it exits by itself (a runtime hang exits with code 3 after hang_exit_s); a stop of the
+launch (Ctrl-C) is not followed by a respawn. Both are plain values, performed here, so that the
+file also works with Humble's launch_ros (whose Node takes respawn as a bool, not a substitution).
+Without respawn, the node's exit (e.g. the model does not load) ends the launch.
+describe_managed.launch.py reuses this file's arguments and node options.
 """
 
 from ament_index_python.packages import get_package_share_directory
@@ -38,14 +42,20 @@ def launch_arguments() -> list:
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic (sensor_msgs/Image); its /compressed '
                                           'sub-topic is used when image_transport is compressed'),
+        DeclareLaunchArgument('respawn', default_value='false',
+                              description='true: start the node again when it exits by itself '
+                                          '(e.g. exit code 3 after a runtime hang)'),
+        DeclareLaunchArgument('respawn_delay', default_value='2.0',
+                              description='seconds to wait before a respawn'),
     ]
 
 
 def node_options(context) -> dict:
     """Node action arguments of both launch files (all but the executable).
 
-    model_dir and backend override the params file only when given. The node's exit ends the
-    launch (a node that cannot load its model must not leave a launch that looks alive).
+    model_dir and backend override the params file only when given. Without respawn the node's
+    exit ends the launch (a node that cannot load its model must not leave a launch that looks
+    alive); with respawn, launch runs on_exit before every respawn, so there is none.
     """
     overrides = {}
     for name in ('model_dir', 'backend'):
@@ -53,6 +63,10 @@ def node_options(context) -> dict:
         if value:
             overrides[name] = value
     image_topic = LaunchConfiguration('image_topic').perform(context)
+    respawn = LaunchConfiguration('respawn').perform(context).strip().lower()
+    if respawn not in ('true', 'false'):
+        raise ValueError(f'respawn must be true or false, got {respawn!r}')
+    respawn_delay = float(LaunchConfiguration('respawn_delay').perform(context))
     return dict(
         package=PACKAGE,
         name=NODE_NAME,
@@ -62,7 +76,9 @@ def node_options(context) -> dict:
                     ('image/compressed', image_topic + '/compressed')],
         output='screen',
         emulate_tty=True,
-        on_exit=_end_launch,
+        respawn=respawn == 'true',
+        respawn_delay=respawn_delay,
+        on_exit=None if respawn == 'true' else _end_launch,
     )
 
 
@@ -70,8 +86,7 @@ def _end_launch(event, context):
     """End the launch when the node exits, unless it is already ending (Ctrl-C).
 
     A second shutdown of a launch that has a LifecycleNode fails in launch_ros ("Cannot
-    shutdown a ROS adapter that is not running") and makes `ros2 launch` exit 1. (launch runs
-    on_exit on every exit: a respawning node must not end the launch here.)
+    shutdown a ROS adapter that is not running") and makes `ros2 launch` exit 1.
     """
     if context.is_shutdown:
         return None

@@ -56,6 +56,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         return self.worker.state if self._lifecycle == 'active' else self._lifecycle
 
     def start(self) -> None:
+        self.watchdog.start()
         self.get_logger().info(
             f'unconfigured: managed node, waiting for configure (ros2 lifecycle set '
             f'{self._diag_name} configure)')
@@ -86,7 +87,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         self._create_interfaces()
         self._serving |= _entities(self) - before
         pipeline = self._pipeline
-        self.worker = self._new_worker(lambda: pipeline)
+        self._use_worker(self._new_worker(lambda: pipeline))
         self.worker.start()          # "ready: ..." once the worker holds the loaded model
         self._lifecycle = 'active'
         return super().on_activate(state)
@@ -166,10 +167,14 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         self._service = None
         self.worker.stop(timeout=1.0)
         # a fresh (never started) worker holds no pipeline; the old one's reference goes
-        self.worker = self._new_worker(self._load)
+        self._use_worker(self._new_worker(self._load))
         self._pipeline = None
         gc.collect()
         self._lifecycle = 'unconfigured'
+
+    def _use_worker(self, worker) -> None:
+        self.worker = worker
+        self.watchdog.watch(worker)
 
     def _finish(self) -> None:
         self.exit_code = 0

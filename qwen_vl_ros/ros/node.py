@@ -15,9 +15,9 @@ mutually exclusive groups, the service in a reentrant group (each call waits for
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -39,10 +39,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from ..vlm import Pipeline
 from ..vlm.prompt import keep_torch_out
-from . import params
+from . import params, signals
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
-from .diagnostics import Counters
+from .diagnostics import Counters, NodeHealth, Reporter
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
+from .inflow import InflowWatch, create_image_subscription
+from .health import EXIT_HUNG, HangWatchdog
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -65,25 +67,33 @@ class DescribeNode(Node):
         s = self.settings
         self.exit_code: int | None = None
         self.counters = Counters()
+        self._reporter = Reporter(self.counters)
         self._lock = threading.Lock()
         self._warned: dict = {}
         self._closing = threading.Event()
         self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
                                  s.video_interval_s, _max_gap_s(s))
         self.worker = self._new_worker(self._load)
+        self.watchdog = HangWatchdog(
+            self.worker, lambda: (self.settings.hang_timeout_s, self.settings.hang_exit_s),
+            on_hung=self._on_hung, on_recovered=self._on_recovered, on_exit=self._on_hang_exit)
+
         # Serving interfaces: made by _create_interfaces(), at once here or, in a managed node
         # (managed.py), on activate.
         self.active = not self.managed
         self._image_sub = None
+        self.lost_events = False
         self._service = None
         self._timer = None
         self._timer_group = MutuallyExclusiveCallbackGroup()
-        self.image_topic = 'image/compressed' if s.image_transport == 'compressed' else 'image'
+        topic = 'image/compressed' if s.image_transport == 'compressed' else 'image'
+        self.image_topic = topic
+        self.inflow = InflowWatch(topic, s.image_reliability, s.image_transport)
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(1.0, self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())
         if not self.managed:
             self._create_interfaces()
+        self.create_timer(1.0, self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._log_bridge = _RosLogHandler(self.get_logger())
@@ -94,7 +104,7 @@ class DescribeNode(Node):
 
     @property
     def state(self) -> str:
-        """Return loading | ready | failed | stopped (the worker's); a managed node adds more."""
+        """Return loading | ready | failed | hung | stopped (the worker's); managed adds more."""
         return self.worker.state
 
     @property
@@ -134,10 +144,15 @@ class DescribeNode(Node):
                              else ReliabilityPolicy.BEST_EFFORT))
             msg_type, topic = ((CompressedImage, 'image/compressed')
                                if s.image_transport == 'compressed' else (Image, 'image'))
-            self._image_sub = self.create_subscription(
-                msg_type, topic, self._on_image, qos,
-                callback_group=MutuallyExclusiveCallbackGroup())
+            self._image_sub, self.lost_events = create_image_subscription(
+                self, msg_type, topic, self._on_image, qos, MutuallyExclusiveCallbackGroup(),
+                self._on_lost, self._on_incompatible)
             self.image_topic = getattr(self._image_sub, 'topic_name', topic)
+            self.inflow.topic = self.image_topic
+            if not self.lost_events:
+                self.get_logger().info(
+                    f'the middleware does not report lost messages on {self.image_topic}: '
+                    'frames lost there are noticed only when nothing arrives for a while')
         self._set_period(s.period_s)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -147,6 +162,7 @@ class DescribeNode(Node):
         self.get_logger().info(
             f'loading {s.model_dir} (backend {s.backend}); requests get "loading" until ready')
         self.worker.start()
+        self.watchdog.start()
 
     def _load(self):
         s = self.settings
@@ -170,10 +186,23 @@ class DescribeNode(Node):
             f'{type(error).__name__}: {one_line(error)}')
         self.exit_code = 1
 
-    def close(self) -> bool:
+    def _on_hung(self, reason: str) -> None:
+        self.get_logger().error(f'runtime hung: {reason}')
+
+    def _on_recovered(self, seconds: float) -> None:
+        _warning(self.get_logger())(f'runtime recovered: the stuck call returned after '
+                                    f'{seconds:.1f} s; serving again')
+
+    def _on_hang_exit(self, reason: str) -> None:
+        self.get_logger().error(f'exiting with code {EXIT_HUNG}: runtime hung ({reason})')
+        self.exit_code = EXIT_HUNG
+
+    def close(self, timeout: float = 1.0) -> bool:
         """Stop the worker (cancels the running generation); True when its thread has ended."""
         self._closing.set()
-        ended = self.worker.stop(timeout=1.0)
+        self.watchdog.stop()
+        # a model still loading is inside the runtime's native code: waiting cannot help
+        ended = self.worker.stop(timeout=0.1 if self.worker.state == 'loading' else timeout)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
         line = f'stopped ({stats or "nothing done"})'
@@ -215,6 +244,34 @@ class DescribeNode(Node):
     def _on_image(self, msg) -> None:
         self.frames.put(msg, self.get_clock().now())
         self.counters.inc('frames_received')
+        self.inflow.on_frame(msg, time.monotonic())
+
+    def _on_lost(self, info) -> None:
+        """Count and warn about a MESSAGE_LOST event on the image subscription."""
+        text = self.inflow.on_lost(info.total_count_change)
+        if text:
+            self.counters.add('frames_lost', int(info.total_count_change), text)
+            self._warn_throttled(('inflow', 'lost'), text)
+
+    def _on_incompatible(self, info) -> None:
+        text = InflowWatch.on_incompatible(self.image_topic, self.settings.image_reliability)
+        self.counters.inc('qos_incompatible', text)
+        self._warn_throttled(('inflow', 'incompatible'), text)
+
+    def _check_inflow(self) -> None:
+        """Warn when publishers are there but no frames come (not every rmw reports losses)."""
+        if self._image_sub is None:
+            return      # a managed node that is not active does not subscribe
+        try:
+            infos = self.get_publishers_info_by_topic(self.image_topic)
+        except Exception:  # noqa: BLE001 - a graph query during shut-down
+            return
+        reliable = ReliabilityPolicy.RELIABLE
+        text = self.inflow.check(time.monotonic(), [
+            'reliable' if i.qos_profile.reliability == reliable else 'best_effort'
+            for i in infos])
+        if text:
+            self._warn_throttled(('inflow', 'quiet'), text)
 
     def _frame_age(self, source: Source) -> float | None:
         """Seconds since the frame's stamp (since arrival when the stamp is zero); None = n/a."""
@@ -241,7 +298,8 @@ class DescribeNode(Node):
     def _on_tick(self) -> None:
         self.counters.inc('timer_ticks')
         if self.worker.state != 'ready':
-            self.counters.inc('timer_skipped_loading')
+            self.counters.inc('timer_skipped_hung' if self.worker.state == 'hung' else
+                              'timer_skipped_loading')
             return
         if not self.worker.idle:
             n = self.counters.inc('timer_skipped_busy')
@@ -277,6 +335,7 @@ class DescribeNode(Node):
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
             self.counters.inc('timer_skipped_busy' if r.kind == 'busy' else
+                              'timer_skipped_hung' if r.kind == 'hung' else
                               'timer_skipped_loading')
             return
         self.frames.mark_described(source)
@@ -303,7 +362,8 @@ class DescribeNode(Node):
             newest = self.frames.newest()
             if newest is None:
                 return _refuse(response, f'no image: nothing received on {self.image_topic} '
-                                         'yet, and the request has no image')
+                                         'yet, and the request has no image'
+                                         + self.inflow.hint())
             if len(kept) < video_frames:
                 return _refuse(response, self._filling(len(kept), video_frames))
             sources = kept if video_frames else [newest]
@@ -359,12 +419,14 @@ class DescribeNode(Node):
         """
         options = s.generation_options(max_new_tokens)
         max_pixels = s.max_pixels
+        bit_depth = s.bit_depth
         source = sources[-1]
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
             # a frame that cannot be converted leaves the ring, or it would spoil every video
-            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard)
+            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard,
+                                 bit_depth=bit_depth)
             convert_ms = 1e3 * (time.perf_counter() - t0)
             opts = options
             if len(frames) > 1:
@@ -378,6 +440,7 @@ class DescribeNode(Node):
             self._pub_text.publish(text_msg(msg.text))
             self._pub_stamped.publish(msg)
             self.counters.inc('descriptions')
+            self.counters.record(msg)
             return msg
 
         def on_done(job: Job) -> None:
@@ -417,10 +480,20 @@ class DescribeNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        arr = self.counters.status(f'{self._diag_name}: describe',
-                                   self.settings.backend, self.state,
-                                   self.worker.pending, self.get_clock().now().to_msg())
-        self._pub_diag.publish(arr)
+        self._check_inflow()
+        s, w = self.settings, self.worker
+        newest = self.frames.newest()
+        problem = (one_line(w.load_error) if w.state == 'failed' and w.load_error else
+                   w.hang_reason if w.state == 'hung' else '')
+        runtime = getattr(getattr(w.pipeline, 'runtime', None), 'name', '')
+        health = NodeHealth(
+            state=self.state, backend=runtime or s.backend, model_dir=s.model_dir,
+            problem=problem, exit_in_s=self.watchdog.exit_in(), image_topic=self.image_topic,
+            newest_frame_age_s=self._frame_age(newest) if newest is not None else None,
+            max_image_age_s=s.max_image_age_s, pending=w.pending, queue_size=s.queue_size,
+            period_s=s.period_s)
+        self._pub_diag.publish(self._reporter.report(self._diag_name, health,
+                                                     self.get_clock().now().to_msg()))
 
 
 def _max_gap_s(s: params.Settings) -> float:
@@ -466,55 +539,102 @@ def main(args=None, node_type=None) -> int:
     """Entry point of `describe_node` (ros2 run qwen_vl_ros describe_node --ros-args ...).
 
     ``node_type``: the node class (default DescribeNode; managed.py passes its own).
-    Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
+
+    Exit codes: 0 after SIGINT / SIGTERM (any number of them), 1 when the model does not load
+    (or on an unexpected error: its traceback is logged), 2 for bad parameters, 3 after a
+    runtime hang (health.py). Every way out goes through shut_down and exit_process: the
+    process never ends in interpreter teardown.
     """
+    stop = signals.install_stop_handlers(NODE_NAME)   # before rclpy.init: it chains to them
     keep_torch_out()
     rclpy.init(args=args)
-    node = None
-    executor = None
-    code = 0
-    worker_ended = True
+    made: dict = {}   # 'node', 'executor' as they are made
+    code = 1
     try:
-        try:
-            node = (node_type or DescribeNode)()
-        except (ValueError, ParameterException) as e:
-            hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
-                    if "expecting type 'DOUBLE'" in str(e) else '')
-            print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
-                  flush=True)
-            return 2
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-        executor.add_node(node)
-        node.start()
-        while rclpy.ok() and node.exit_code is None:
-            executor.spin_once(timeout_sec=0.25)
-        code = node.exit_code or 0
+        code = _serve(made, stop, node_type or DescribeNode)
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     except Exception:
         # SIGINT/SIGTERM shut the context down; a spin_once running at that moment may raise
         # RCLError ("context is not valid") instead of ExternalShutdownException: a normal stop.
         if rclpy.ok():
-            raise
-        code = 0
+            print(f'[describe_node] unexpected error:\n{traceback.format_exc()}',
+                  file=sys.stderr, flush=True)
+            code = 1
+        else:
+            code = 0
     finally:
-        # Ctrl-C under `ros2 launch` comes twice (the terminal's to the process group, then the
-        # one launch forwards): the second must not break the clean-up with KeyboardInterrupt.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            worker_ended = node.close()
-        if executor is not None:
-            executor.shutdown(timeout_sec=0.5)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if not worker_ended:
-        # The worker is inside a model run that cannot be interrupted: do not wait for it, and
-        # do not let interpreter teardown race with the runtime's native threads.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        left = shut_down(made.get('node'), made.get('executor'))
+        signals.ignore_from_now_on()   # a signal from here on must not kill the exiting process
+    exit_process(code, left)
+
+
+def _serve(made: dict, stop, node_type) -> int:
+    """Make the node and spin until a signal (``stop`` set), a failed load or a hang exit."""
+    try:
+        node = made['node'] = node_type()
+    except (ValueError, ParameterException) as e:
+        hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
+                if "expecting type 'DOUBLE'" in str(e) else '')
+        print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
+              flush=True)
+        return 2
+    executor = made['executor'] = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor.add_node(node)
+    node.start()
+    while rclpy.ok() and node.exit_code is None and not stop.is_set():
+        executor.spin_once(timeout_sec=0.25)
+    return node.exit_code or 0
+
+
+# How long shut-down waits for the inference worker, then for the executor's callbacks.
+WORKER_JOIN_S = 1.0
+EXECUTOR_JOIN_S = 1.0
+
+
+def shut_down(node: DescribeNode | None, executor) -> list:
+    """Stop everything that runs threads, in a fixed order; return the threads still running.
+
+    1. the inference worker: its generation is cancelled at the next token; a model run in
+       progress cannot be interrupted, so it is waited for at most WORKER_JOIN_S;
+    2. the executor's callback threads (service calls waiting for a job see the node closing);
+    3. the model: onnxruntime sessions (and their thread pools) are released here, on this
+       thread, once the worker has ended - not later by the garbage collector;
+    4. the node's subscriptions, services and timers, then the rclpy context (the DDS
+       participant and its threads, ROS logging).
+    """
+    if node is not None:
+        node.close(timeout=WORKER_JOIN_S)
+    if executor is not None:
+        executor.shutdown(timeout_sec=EXECUTOR_JOIN_S)
+    if node is not None:
+        if not node.worker.alive:
+            node.worker.pipeline = None
+            gc.collect()
+        node.destroy_node()
+    rclpy.try_shutdown()
+    me = threading.current_thread()
+    return sorted(t.name for t in threading.enumerate() if t is not me and t.is_alive())
+
+
+def exit_process(code: int, left: list):
+    """End the process now with ``code``, without interpreter teardown (never returns).
+
+    After shut_down there is nothing left to clean up. What teardown would still do is run
+    atexit handlers and destroy native objects (a session a still-running worker holds,
+    Fast DDS's and onnxruntime's static state, C++ static destructors) in an order nobody
+    controls while native threads may still be running: the likely source of a rare SIGSEGV
+    (exit code -11) after "stopped". os._exit skips all of it; the output is flushed first.
+    The last line names the code and any thread not waited for.
+    """
+    line = f'[describe_node] exit code {code}'
+    if left:
+        line += f' (threads not waited for: {", ".join(left)})'
+    print(line, file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':
