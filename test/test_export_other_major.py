@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline
 
@@ -29,6 +30,8 @@ def as_saved_by_transformers_5(hf_dir, dst):
 
 
 def test_export_and_run_a_5x_tokenizer_checkpoint(tiny_hf_dir, tiny_onnx_dir, tmp_path):
+    # the tiny checkpoint may come from a torch run (conftest: QVR_TEST_MODELS); the export not
+    pytest.importorskip('torch', reason='the exporter needs torch (pip install .[export])')
     from qwen_vl_ros.export.exporter import export_checkpoint
     hf5 = as_saved_by_transformers_5(tiny_hf_dir, tmp_path / 'hf5')
     out = export_checkpoint(hf5, tmp_path / 'onnx5', log=lambda *_: None)
