@@ -19,10 +19,11 @@ from .embeddings import EmbeddingTable
 from .errors import ImageError, ModelDirError, PromptTooLongError
 from .model_dir import find_model_files
 from .prompt import PromptBuilder, VisionBlock, load_tokenizer
+from .reuse import PrefixCache, VisionCache, patch_digest
 from .runtime import select_runtime
 from .sampling import Sampler, SamplingOptions
 from .streaming import TextStream
-from .vision import RESIZE_MODES, fit_frame, frames_to_patches
+from .vision import RESIZE_MODES, check_frame, fit_frame, frames_to_patches
 
 log = logging.getLogger('qwen_vl_ros')
 
@@ -65,13 +66,15 @@ class Result:
     finish_reason: str  # 'stop' (eos id), 'length' (max_new_tokens / KV length), 'cancelled'
     timings_ms: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
+    vision_cached: bool = False      # the vision features came from the cache (reuse.py)
+    reused_prompt_tokens: int = 0    # prompt rows kept in the KV cache, not prefilled again
 
 
 class Pipeline:
     """A loaded model: call ``describe`` from one thread (runtime sessions are single-threaded)."""
 
     def __init__(self, files, runtime, vision, decoder: DecoderStack, embeddings, tokenizer,
-                 system_prompt: str = '', resize: str = 'stretch'):
+                 system_prompt: str = '', resize: str = 'stretch', vision_cache_frames: int = 2):
         self.files = files
         self.runtime = runtime
         self.vision = vision
@@ -90,15 +93,21 @@ class Pipeline:
         eos = files.generation_config.get('eos_token_id', tokenizer.eos_token_id)
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.fill = tuple(int(round(m * 255)) for m in files.image_mean)
+        # Work kept for follow-up questions about the same frame (reuse.py)
+        self.vision_cache = VisionCache(vision_cache_frames)
+        self.prefix_cache = PrefixCache(decoder.can_resume,
+                                        (cfg.image_token_id, cfg.video_token_id))
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
              providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
-             resize: str = 'stretch', kv_len: int = 1023, progress=None) -> Pipeline:
+             resize: str = 'stretch', kv_len: int = 1023, progress=None,
+             vision_cache_frames: int = 2) -> Pipeline:
         """Find, check and open every model file; ``progress(str)`` hears each stage.
 
         ``kv_len`` is used only by the older pyaxengine API, which cannot report model shapes.
+        ``vision_cache_frames``: vision features of this many frame sets kept (0 = none).
         """
         say = progress or log.info
         t0 = time.perf_counter()
@@ -124,7 +133,8 @@ class Pipeline:
                 f'layer models take hidden {decoder.hidden} / kv_dim {decoder.kv_dim} but '
                 f'config.json says {cfg.hidden_size} / {cfg.kv_dim}')
         tokenizer = load_tokenizer(files.tokenizer_dir)
-        pipe = cls(files, runtime, vision, decoder, embeddings, tokenizer, system_prompt, resize)
+        pipe = cls(files, runtime, vision, decoder, embeddings, tokenizer, system_prompt, resize,
+                   vision_cache_frames)
         say(f'model ready in {time.perf_counter() - t0:.1f} s: vision {pipe.vision_size[0]}x'
             f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
             f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
@@ -154,17 +164,35 @@ class Pipeline:
         return self.decoder.max_prompt
 
     # -- one request ------------------------------------------------------------------------
-    def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict):
-        """Frames and prompt -> (ids, rope positions, input embeddings with vision spliced in)."""
+    def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict,
+                 frame_keys=None):
+        """Frames and prompt -> (ids, rope positions, embeddings with vision spliced in, key).
+
+        ``key`` names the vision content (None without frames); ``clock['vision_cached']``
+        tells whether its features came from the cache. ``frame_keys`` (one hashable per
+        frame) name the frames; without them the patch bytes do.
+        """
         cfg = self.files.config
         dec = self.decoder
         # frames -> patches (first: a bad frame is refused before any model runs)
         frames = list(frames or [])
-        patches = None
+        if frame_keys is not None and len(frame_keys) != len(frames):
+            raise ValueError(f'{len(frame_keys)} frame keys for {len(frames)} frames')
+        patches, key, feats = None, None, None
         if frames:
-            fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
-            patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
-                                        cfg.temporal_patch_size)
+            key = (self.resize, self.vision_size, tuple(frame_keys)) if frame_keys else None
+            feats = self.vision_cache.get(key) if key is not None else None
+            if feats is not None:
+                for f in frames:   # a kept frame is still a frame: refuse what is not one
+                    check_frame(f)
+            else:
+                fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
+                patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
+                                            cfg.temporal_patch_size)
+                if key is None:
+                    key = (self.resize, self.vision_size, patch_digest(patches))
+                    feats = self.vision_cache.get(key)
+        clock['vision_cached'] = feats is not None
         blocks = self._blocks_for(len(frames), second_per_grid_t)
 
         # prompt -> ids and positions; refuse what cannot be prefilled
@@ -173,19 +201,31 @@ class Pipeline:
         embeds = self.embeddings.lookup(ids, dec.dtype)
         clock['preprocessed'] = time.perf_counter()
 
-        # vision features (one call per temporal group), spliced over the pad run
-        if patches is not None:
-            feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
-                     for g in range(len(patches))]
-            feats = np.concatenate(feats).reshape(-1, dec.hidden)
+        # vision features (one call per temporal group, unless kept), spliced over the pad run
+        if frames:
+            if feats is None:
+                feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
+                         for g in range(len(patches))]
+                feats = np.concatenate(feats).reshape(-1, dec.hidden).astype(dec.dtype,
+                                                                               copy=False)
             pad = cfg.image_token_id if blocks[0].kind == 'image' else cfg.video_token_id
             where = np.flatnonzero(ids == pad)
             if len(where) != len(feats):
                 raise ModelDirError(f'the vision model gave {len(feats)} tokens, the prompt has '
                                     f'{len(where)} pads: model and config disagree')
-            embeds[where] = feats.astype(dec.dtype, copy=False)
+            embeds[where] = feats
+            self.vision_cache.put(key, feats)
         clock['vision'] = time.perf_counter()
-        return ids, positions, embeds
+        return ids, positions, embeds, key
+
+    def _prefill(self, ids, positions, embeds, key) -> tuple:
+        """Prefill what the KV cache does not hold yet; return (first logits, rows reused)."""
+        dec = self.decoder
+        start = dec.chunk_starts(len(ids), self.prefix_cache.reusable(ids, positions, key))[0]
+        self.prefix_cache.forget()   # the rows change now; recorded again once they are right
+        logits = dec.logits(dec.prefill(embeds, positions, start))
+        self.prefix_cache.hold(ids, positions, key)
+        return logits, start
 
     def _blocks_for(self, n_frames: int, second_per_grid_t: float = 1.0) -> tuple:
         """Return the prompt's vision blocks for ``n_frames`` (none, one image, or one video)."""
@@ -202,23 +242,27 @@ class Pipeline:
                                           position))
 
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
-                 on_text=None, should_stop=None) -> Result:
+                 on_text=None, should_stop=None, frame_keys=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
 
         ``on_text(piece)`` is called with each newly completed piece of text while decoding;
         ``should_stop()`` is asked before each decode step and ends generation early with
-        finish reason 'cancelled' when it returns True.
+        finish reason 'cancelled' when it returns True. ``frame_keys``: one hashable per frame
+        naming its content (e.g. topic, stamp, frame_id), for the vision cache; without them
+        the frames are known by their patch bytes. A follow-up question reuses the frame's
+        vision features and the prompt's common prefix in the KV cache (reuse.py).
         """
         opts = options or GenerationOptions()
         if opts.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
         dec = self.decoder
         clock = {'start': time.perf_counter()}
-        ids, positions, embeds = self._prepare(frames, prompt, opts.second_per_grid_t, clock)
+        ids, positions, embeds, key = self._prepare(frames, prompt, opts.second_per_grid_t,
+                                                    clock, frame_keys)
 
-        # prefill -> first logits
+        # prefill (what the cache does not hold) -> first logits
         sampler = Sampler(opts.resolve(self.files.generation_config), ids)
-        logits = dec.logits(dec.prefill(embeds, positions))
+        logits, reused = self._prefill(ids, positions, embeds, key)
         t_first = time.perf_counter()
 
         # decode: slot = next cache row, position = next rope position (they differ)
@@ -258,17 +302,20 @@ class Pipeline:
             timings_ms={'preprocess': 1e3 * (pre - start), 'vision': 1e3 * (vis - pre),
                         'prefill': 1e3 * (t_first - vis), 'decode': 1e3 * decode_s,
                         'time_to_first_token': 1e3 * (t_first - start)},
-            tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0)
+            tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0,
+            vision_cached=clock['vision_cached'], reused_prompt_tokens=reused)
 
-    def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0):
+    def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0,
+              frame_keys=None):
         """Teacher forcing: float32 logits (len(continuation), V) before each given token.
 
         Row 0 comes from the prefill; row k from feeding continuation[k-1]. For checking the
         pipeline against a reference, and for ranking candidate answers.
         """
         dec = self.decoder
-        ids, positions, embeds = self._prepare(frames, prompt, second_per_grid_t, {})
-        rows = [dec.logits(dec.prefill(embeds, positions))]
+        ids, positions, embeds, key = self._prepare(frames, prompt, second_per_grid_t, {},
+                                                    frame_keys)
+        rows = [self._prefill(ids, positions, embeds, key)[0]]
         dec.start_decode(len(ids))
         position = int(positions.max()) + 1
         for k, token in enumerate(continuation[:-1]):

@@ -97,6 +97,10 @@ class InBufferKV:
     ``K_cache_out``, ``V_cache_out``, ``output``.
     """
 
+    # Rows stay in the session's buffers between requests (only the first chunk's dummy feed
+    # lands on rows it then rewrites), so a prefill may resume on a kept prompt prefix.
+    keeps_rows = True
+
     def __init__(self, inner, ffi, elib, slib, decode_group: int):
         self._ffi, self._slib = ffi, slib
         self._handle, self._context, self._io = inner._handle, inner._context, inner._io
