@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the qwen_vl_interfaces package (rosidl: msg + srv) with plain cmake and install it into a
+# Build the qwen_vl_interfaces package (rosidl: msg + srv + action) with plain cmake and install it into a
 # venv that holds the ROS 2 wheels, working around the pitfalls listed in
 # shared/docs/PLATFORM.md:
 #   1. the message wheels' *rosidl_generator_pyExport.cmake files carry the wheel builder's
@@ -68,4 +68,4 @@ cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)"
 cmake --install "$build"
 
 # Smoke test: the generated Python types import from the venv.
-"$py" -c 'from qwen_vl_interfaces.msg import Description; from qwen_vl_interfaces.srv import Describe; print("build_interfaces: ok:", Description.__name__, Describe.__name__)'
+"$py" -c 'from qwen_vl_interfaces.msg import Description; from qwen_vl_interfaces.srv import Describe; from qwen_vl_interfaces.action import Describe as DescribeAction; print("build_interfaces: ok:", Description.__name__, Describe.__name__, DescribeAction.__name__)'

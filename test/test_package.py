@@ -171,15 +171,32 @@ def test_description_message():
 def test_describe_service():
     from qwen_vl_interfaces.srv import Describe
     assert Describe.Request.get_fields_and_field_types() == {
-        'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32'}
+        'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32',
+        'prompts': 'sequence<string>'}
     assert Describe.Response.get_fields_and_field_types() == {
         'success': 'boolean', 'message': 'string',
-        'description': 'qwen_vl_interfaces/Description'}
+        'description': 'qwen_vl_interfaces/Description',
+        'descriptions': 'sequence<qwen_vl_interfaces/Description>'}
     request = Describe.Request()
     assert request.prompt == '' and request.image.width == 0 and request.max_new_tokens == 0
+    assert list(request.prompts) == []
 
 
-@pytest.mark.parametrize('path', ['msg/Description.msg', 'srv/Describe.srv'])
+def test_describe_action():
+    from qwen_vl_interfaces.action import Describe
+    from qwen_vl_interfaces.srv import Describe as DescribeService
+    # the goal asks what the service request asks; the result answers what its response does
+    assert Describe.Goal.get_fields_and_field_types() == \
+        DescribeService.Request.get_fields_and_field_types()
+    assert Describe.Result.get_fields_and_field_types() == \
+        DescribeService.Response.get_fields_and_field_types()
+    assert Describe.Feedback.get_fields_and_field_types() == {
+        'text': 'string', 'delta': 'string', 'generated_tokens': 'uint32',
+        'prompt_index': 'uint32'}
+
+
+@pytest.mark.parametrize('path', ['msg/Description.msg', 'srv/Describe.srv',
+                                  'action/Describe.action'])
 def test_every_interface_field_is_documented(path):
     with open(os.path.join(REPO, 'qwen_vl_interfaces', path)) as f:
         lines = [line.strip() for line in f]

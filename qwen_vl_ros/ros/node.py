@@ -42,6 +42,8 @@ from . import params
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
 from .diagnostics import Counters
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
+from .questions import questions
+from .stream_action import StreamAction
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -49,6 +51,9 @@ THROTTLE_S = 5.0
 # Executor threads besides one per request that may wait on the worker: image subscription,
 # timer, diagnostics, parameter services, and immediate "busy" replies.
 SPARE_THREADS = 4
+# ~/describe_stream's goal, cancel and result requests, answered while goals wait on the worker.
+ACTION_THREADS = 2
+STREAM = 'action'
 SERVICE_DEPTH = 100
 
 
@@ -92,6 +97,8 @@ class DescribeNode(Node):
                                    reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.VOLATILE),
             callback_group=ReentrantCallbackGroup())
+        self._stream = StreamAction(self, self._start_stream, self.worker.withdraw,
+                                    self._closing, ReentrantCallbackGroup())
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._timer = None
         self._set_period(s.period_s)
@@ -107,7 +114,7 @@ class DescribeNode(Node):
 
     @property
     def executor_threads(self) -> int:
-        return self.settings.queue_size + 1 + SPARE_THREADS
+        return self.settings.queue_size + 1 + SPARE_THREADS + ACTION_THREADS
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,7 +128,8 @@ class DescribeNode(Node):
         s = self.settings
         return Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend, threads=s.threads,
                              system_prompt=s.system_prompt, resize=s.resize,
-                             progress=lambda m: self.get_logger().info(m))
+                             progress=lambda m: self.get_logger().info(m),
+                             vision_cache_frames=s.vision_cache_frames)
 
     def _on_loaded(self, pipeline, seconds: float) -> None:
         s = self.settings
@@ -257,10 +265,8 @@ class DescribeNode(Node):
                 f'about {(wanted - kept) * interval:g} s to go if frames keep coming')
 
     # -- service ------------------------------------------------------------------------------
-    def _on_describe(self, request, response):
-        s = self.settings
-        prompt = request.prompt if request.prompt.strip() else s.prompt
-        image = request.image
+    def _sources_for(self, image) -> tuple:
+        """Resolve the frames a request or goal is about: (sources, None) or (None, why not)."""
         if image.width or image.height or len(image.data) or image.encoding:
             # a request image is always described as an image, in video mode too
             sources = [Source(image, compressed=False, from_topic=False)]
@@ -268,17 +274,29 @@ class DescribeNode(Node):
             video_frames, kept = self.frames.video()
             newest = self.frames.newest()
             if newest is None:
-                return _refuse(response, f'no image: nothing received on {self.image_topic} '
-                                         'yet, and the request has no image')
+                return None, (f'no image: nothing received on {self.image_topic} yet, and '
+                              'the request has no image')
             if len(kept) < video_frames:
-                return _refuse(response, self._filling(len(kept), video_frames))
+                return None, self._filling(len(kept), video_frames)
             sources = kept if video_frames else [newest]
-        source = sources[-1]   # the newest frame: its age counts, its header is published
-        stale = self._stale_reason(source)
+        # the newest frame: its age counts, its header is published
+        stale = self._stale_reason(sources[-1])
         if stale:
             self.counters.inc('stale_refused', stale)
-            return _refuse(response, stale)
-        job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE)
+            return None, stale
+        return sources, None
+
+    def _on_describe(self, request, response):
+        s = self.settings
+        try:
+            prompts = questions(request.prompt, request.prompts, s.prompt)
+        except ValueError as e:
+            return _refuse(response, str(e))
+        sources, why = self._sources_for(request.image)
+        if why:
+            return _refuse(response, why)
+        source = sources[-1]
+        job = self._job(sources, prompts, s, request.max_new_tokens, SERVICE)
         try:
             self.worker.submit(job)
         except Refused as r:
@@ -302,8 +320,31 @@ class DescribeNode(Node):
             return _refuse(response, error_kind(job.error)[1])
         response.success = True
         response.message = ''
-        response.description = job.result
+        response.description = job.result[0]
+        response.descriptions = job.result
         return response
+
+    # -- action ~/describe_stream (stream_action.py) ------------------------------------------
+    def _start_stream(self, goal, progress) -> tuple:
+        """Resolve a goal and queue its job with the service's: (job, None) or (None, why)."""
+        s = self.settings
+        try:
+            prompts = questions(goal.prompt, goal.prompts, s.prompt)
+        except ValueError as e:
+            return None, str(e)
+        sources, why = self._sources_for(goal.image)
+        if why:
+            return None, why
+        job = self._job(sources, prompts, s, goal.max_new_tokens, STREAM, progress)
+        try:
+            self.worker.submit(job)
+        except Refused as r:
+            if r.kind == 'busy':
+                self.counters.inc('busy_replies')
+            return None, str(r)
+        if sources[-1].from_topic:
+            self.frames.mark_described(sources[-1])
+        return job, None
 
     @property
     def _diag_name(self) -> str:
@@ -316,16 +357,20 @@ class DescribeNode(Node):
         return name
 
     # -- the work -----------------------------------------------------------------------------
-    def _job(self, sources: list, prompt: str, s: params.Settings, max_new_tokens: int,
-             trigger: str) -> Job:
-        """Make a job that converts the frames, runs the model and publishes the description.
+    def _job(self, sources: list, prompts, s: params.Settings, max_new_tokens: int,
+             trigger: str, progress=None) -> Job:
+        """Make a job that converts the frames, runs the model and publishes the descriptions.
 
         One source = an image; several = one video (oldest first), published with the header
-        of the newest.
+        of the newest. ``prompts``: one question or several, answered in order about the same
+        frames (the core reuses their work); the job's result is the list of Descriptions.
+        ``progress`` (stream_action.Progress) streams the text; a cancelled streamed job then
+        returns what it has, the last Description partial, instead of failing.
         """
         options = s.generation_options(max_new_tokens)
         max_pixels = s.max_pixels
         source = sources[-1]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
@@ -337,14 +382,32 @@ class DescribeNode(Node):
                 spg = second_per_grid_t(sources, pipeline.files.config.temporal_patch_size)
                 if spg:
                     opts = dataclasses.replace(options, second_per_grid_t=spg)
-            result = pipeline.describe(frames, prompt, opts, should_stop=should_stop)
-            if result.finish_reason == 'cancelled' or should_stop():
+            # topic frames are known to the vision cache by topic, stamp and frame_id
+            keys = ([src.cache_key(self.image_topic) for src in sources]
+                    if source.from_topic else None)
+            msgs = []
+            for i, question in enumerate(prompts):
+                if i and should_stop():
+                    break             # cancelled between two questions
+                on_text, stop = (None, should_stop) if progress is None else \
+                    progress.hooks(i, should_stop)
+                result = pipeline.describe(frames, question, opts, on_text=on_text,
+                                           should_stop=stop, frame_keys=keys)
+                msg = description_msg(result, source.header, question, trigger,
+                                      0.0 if i else convert_ms)
+                if result.finish_reason == 'cancelled' or (progress is None and should_stop()):
+                    if progress is not None:
+                        msgs.append(msg)      # the partial answer ends a streamed job
+                    break
+                if progress is not None:
+                    progress.done(i, msg.text, msg.generated_tokens)
+                self._pub_text.publish(text_msg(msg.text))
+                self._pub_stamped.publish(msg)
+                self.counters.inc('descriptions')
+                msgs.append(msg)
+            if progress is None and len(msgs) < len(prompts):
                 raise Cancelled('generation cancelled (shut-down or time-out)')
-            msg = description_msg(result, source.header, prompt, trigger, convert_ms)
-            self._pub_text.publish(text_msg(msg.text))
-            self._pub_stamped.publish(msg)
-            self.counters.inc('descriptions')
-            return msg
+            return msgs
 
         def on_done(job: Job) -> None:
             if job.error is None:

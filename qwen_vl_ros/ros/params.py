@@ -143,6 +143,12 @@ SPECS = (
     Spec('request_timeout_s', 300.0,
          'Longest a ~/describe call waits for its answer (queue wait included) before it '
          'answers success=false "timeout".', range=(1.0, 86400.0)),
+    Spec('vision_cache_frames', 2,
+         'Follow-up questions about the same frame: vision features of this many of the newest '
+         'frames described are kept (a video counts as one; a topic frame is known by topic, '
+         'stamp and frame_id, a request image by its bytes); 0 = none. On chunked-prefill '
+         'builds the KV rows of the common prompt prefix are reused too. Answers are '
+         'token-identical to a fresh run.', read_only=True, range=(0, 64)),
 )
 
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -173,6 +179,7 @@ class Settings:
     image_reliability: str
     queue_size: int
     request_timeout_s: float
+    vision_cache_frames: int
 
     def replace(self, **changes) -> Settings:
         """Return a copy with some values changed."""
