@@ -8,11 +8,12 @@ still generating when it is cancelled. SIGINT during a goal runs against the nod
 """
 
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -284,11 +285,14 @@ def test_sigint_during_a_streaming_goal_exits_0_within_2_s(slow_model, tmp_path)
     assert took < 2.0, f'took {took:.2f} s'
 
 
-@pytest.mark.skipif(shutil.which('ros2') is None,
-                    reason='the ros2 CLI is not installed (../shared/ros2cli/install.sh)')
+ROS2 = Path(sys.executable).parent / 'ros2'
+
+
+@pytest.mark.skipif(not ROS2.exists(), reason='the ros2 CLI is not installed in this venv '
+                    '(bash ../shared/ros2cli/install.sh VENV)')
 def test_ros2_action_send_goal_feedback(node):
     out = subprocess.run(
-        ['ros2', 'action', 'send_goal', '--feedback', '/qwen_vl/describe_stream',
+        [str(ROS2), 'action', 'send_goal', '--feedback', '/qwen_vl/describe_stream',
          'qwen_vl_interfaces/action/Describe', "{prompt: 'Describe this image.', "
          "max_new_tokens: 4, image: {height: 8, width: 8, encoding: rgb8, step: 24, "
          f"data: {[7] * 192}}}}}"], capture_output=True, text=True, timeout=60)
