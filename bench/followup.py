@@ -13,9 +13,10 @@ template when ../shared is there.
 Counted for each, up to the first token: runtime calls per model and shape group, layer-steps
 (one decoder layer run on one prefill chunk), host wall time on the stand-ins (whose graphs only
 move data). The follow-up must give the same tokens as the same question asked fresh. Turned
-into an ESTIMATED board time with the model card's stage times (CONTRACT.md): vision 788 ms per
-call; chunked prefill (1964 - 788) ms / (3 chunks x 36 layers) per layer-step (M.2 card,
-280-token prompt); single prefill (2857 - 780) ms / 36 layers per layer-step (p320 board).
+into an ESTIMATED board time with the model card's stage times (CONTRACT.md): chunked build
+(M.2 card, 280-token prompt): vision 788 ms per call, (1964 - 788) ms / (3 chunks x 36 layers)
+per layer-step; p320 build (AX650N board): vision 780 ms, (2857 - 780) ms / 36 layers per
+layer-step.
 
 Target (chunked build): the follow-up needs at most 1/3 of the fresh question's layer-steps
 to its first token, and no vision call.
@@ -40,10 +41,10 @@ FRESH = 'Describe this image.'
 FOLLOW = 'Is there a person in the picture?'
 OPTS = GenerationOptions(max_new_tokens=8, greedy=True, repetition_penalty=1.0)
 # Model card stage times (CONTRACT.md "Published performance"), ms: an estimate, not a measure.
-CARD = {'vision_call': 788.0,
+CARD = {'chunked_vision_call': 788.0,                      # M.2 card, chunked build
         'chunked_layer_step': (1964.0 - 788.0) / (3 * 36),
-        'single_layer_step': (2857.0 - 780.0) / 36,
-        'decode_token': 1e3 / 6.2}
+        'single_vision_call': 780.0,                       # AX650N board, p320 build
+        'single_layer_step': (2857.0 - 780.0) / 36}
 
 
 class CallCounter:
@@ -119,8 +120,9 @@ def measure(model_dir: Path, image, runs: int) -> dict:
 
 def board_estimate(r: dict, chunked: bool) -> float:
     """ESTIMATED time to first token on the board from the counts and the model card (ms)."""
-    step = CARD['chunked_layer_step' if chunked else 'single_layer_step']
-    return r['vision_calls'] * CARD['vision_call'] + r['layer_steps'] * step
+    build = 'chunked' if chunked else 'single'
+    return (r['vision_calls'] * CARD[f'{build}_vision_call'] +
+            r['layer_steps'] * CARD[f'{build}_layer_step'])
 
 
 def main(argv=None) -> int:
@@ -158,9 +160,10 @@ def main(argv=None) -> int:
     print(f"  chunked: follow-up / fresh layer-steps = {ratio:.3f} (target <= 1/3: "
           f"{verdict(targets['layer_steps_le_third'])}); vision calls "
           f"{c['follow_up']['vision_calls']} (target 0: {verdict(targets['no_vision_call'])})")
-    print('  board ESTIMATE = vision calls x 788 ms + layer-steps x '
-          f"{CARD['chunked_layer_step']:.1f} ms (chunked) / {CARD['single_layer_step']:.1f} ms "
-          '(p320), from the model card; not measured on a board')
+    print('  board ESTIMATE (from the model card, not measured on a board) = vision calls x '
+          f"{CARD['chunked_vision_call']:.0f} / {CARD['single_vision_call']:.0f} ms + "
+          f"layer-steps x {CARD['chunked_layer_step']:.1f} / {CARD['single_layer_step']:.1f} ms "
+          '(chunked / p320)')
     write_result(args.json, 'followup', dict(res, runs=args.runs, ratio_layer_steps=ratio,
                                              card_ms=CARD, targets=targets,
                                              estimate_ms={b: {n: board_estimate(
