@@ -335,6 +335,8 @@ class DescribeNode(Node):
         sources, why = self._sources_for(goal.image)
         if why:
             return None, why
+        # The goal carries what the ~/describe request carries: fields added to both (e.g.
+        # constraints on the answer) are read here as _on_describe reads them.
         job = self._job(sources, prompts, s, goal.max_new_tokens, STREAM, progress)
         try:
             self.worker.submit(job)
