@@ -327,3 +327,26 @@ def test_cancel_runs_no_model_after_should_stop(single):
                       GenerationOptions(max_new_tokens=50, greedy=True), should_stop=stop)
     assert r.finish_reason == 'cancelled' and len(r.token_ids) == 4
     assert sum(calls.counts.values()) == seen[-1]   # no runtime call after the stop
+
+
+def test_cli_follow_up_questions_reuse_the_frame(chunked, export_variant, tmp_path):
+    import json
+    import subprocess
+
+    import cv2
+    img = frame(112, 112, seed=14)
+    path = tmp_path / 'f.png'
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    out = subprocess.run(
+        [sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--model-dir',
+         str(export_variant(**CHUNKED)), '--image', str(path), '--max-new-tokens', '6',
+         '--greedy', '--repetition-penalty', '1.0', '--json', '--follow-up', FOLLOW],
+        capture_output=True, text=True, timeout=120, check=True)
+    first, follow = (json.loads(line) for line in out.stdout.splitlines())
+    assert (first['prompt'], follow['prompt']) == (PROMPT, FOLLOW)
+    assert not first['vision_cached'] and first['reused_prompt_tokens'] == 0
+    assert follow['vision_cached'] and follow['reused_prompt_tokens'] > 0
+    opts = GenerationOptions(max_new_tokens=6, greedy=True, repetition_penalty=1.0)
+    chunked.vision_cache.clear()
+    chunked.prefix_cache.forget()
+    assert follow['token_ids'] == chunked.describe([img], FOLLOW, opts).token_ids

@@ -1,8 +1,11 @@
 """qwen-vl-describe: one description from the shell, without a ROS graph.
 
     qwen-vl-describe --model-dir DIR --image a.jpg [--image b.jpg ...] [--prompt TEXT] [--json]
+                     [--follow-up TEXT ...]
 
-Several images are one video (in the order given).
+Several images are one video (in the order given). Each --follow-up is a further question about
+the same images, answered after the first one; it reuses their vision features (and, on a
+chunked-prefill build, the KV rows of the common prompt prefix).
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', help='--bag: JSONL file to write (default: stdout)')
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.add_argument('--stream', action='store_true', help='print text as it is generated')
+    p.add_argument('--follow-up', action='append', default=[], metavar='TEXT',
+                   help='a further question about the same images (repeatable); with --json '
+                        'one JSON object per question, one per line')
     return p
 
 
@@ -115,17 +121,21 @@ def main(argv=None) -> int:
         def on_text(piece):
             print(piece, end='', flush=True)
 
-        result = pipe.describe(frames, args.prompt, generation_options(args),
-                               on_text=on_text if args.stream and not args.json else None)
+        for i, prompt in enumerate([args.prompt] + args.follow_up):
+            result = pipe.describe(frames, prompt, generation_options(args),
+                                   on_text=on_text if args.stream and not args.json else None)
+            if args.json:
+                extra = {} if not args.follow_up else dict(
+                    prompt=prompt, vision_cached=result.vision_cached,
+                    reused_prompt_tokens=result.reused_prompt_tokens)
+                print(json.dumps(result_dict(result, **extra), ensure_ascii=False), flush=True)
+            elif args.stream:
+                print(flush=True)
+            else:
+                print(result.text, flush=True)
     except VLMError as e:
         print(f'qwen-vl-describe: error: {e}', file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result_dict(result), ensure_ascii=False))
-    elif args.stream:
-        print()
-    else:
-        print(result.text)
     return 0
 
 
