@@ -400,6 +400,7 @@ class DescribeNode(Node):
                 if result.finish_reason == 'cancelled' or (progress is None and should_stop()):
                     if progress is not None:
                         msgs.append(msg)      # the partial answer ends a streamed job
+                        self.counters.inc('cancelled')
                     break
                 if progress is not None:
                     progress.done(i, msg.text, msg.generated_tokens)
