@@ -300,3 +300,14 @@ def test_ros2_action_send_goal_feedback(node):
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'Feedback:' in out.stdout and 'generated_tokens' in out.stdout
     assert 'SUCCEEDED' in out.stdout, out.stdout
+
+
+def test_questions_rules():
+    from qwen_vl_ros.ros.questions import MAX_QUESTIONS, questions
+    assert questions('', [], 'Default?') == ['Default?']
+    assert questions(' ', ['A?', 'B?'], 'Default?') == ['A?', 'B?']
+    assert questions('First?', ['A?'], 'Default?') == ['First?', 'A?']
+    with pytest.raises(ValueError, match=r'prompts\[0\] is empty'):
+        questions('First?', ['\t'], 'Default?')
+    with pytest.raises(ValueError, match=f'at most {MAX_QUESTIONS}'):
+        questions('', ['Q?'] * (MAX_QUESTIONS + 1), 'Default?')
