@@ -311,3 +311,30 @@ def test_questions_rules():
         questions('First?', ['\t'], 'Default?')
     with pytest.raises(ValueError, match=f'at most {MAX_QUESTIONS}'):
         questions('', ['Q?'] * (MAX_QUESTIONS + 1), 'Default?')
+
+
+def test_progress_feedback_never_splits_a_character(tiny_onnx_dir):
+    """Feedback items of a multi-byte answer: whole characters only, joined to the text."""
+    from qwen_vl_ros.ros.stream_action import Progress
+    from qwen_vl_ros.vlm.prompt import load_tokenizer
+    from qwen_vl_ros.vlm.streaming import TextStream
+    tok = load_tokenizer(str(tiny_onnx_dir))
+    text = 'Ein Roboter sieht 猫 und 🤖 an der Tür: ça va.'
+    ids = tok(text, add_special_tokens=False)['input_ids']
+    progress, stream = Progress(), TextStream(tok)
+    on_text, stop = progress.hooks(0, lambda: False)
+    for k, token in enumerate(ids):
+        if k:
+            stop()                        # the core asks before every decode step
+        piece = stream.push(token)
+        if piece:
+            on_text(piece)
+    progress.done(0, text, len(ids))
+    items = []
+    while not progress.items.empty():
+        items.append(progress.items.get())
+    assert len(items) < len(ids)          # some tokens completed no character on their own
+    assert all('\ufffd' not in t for _, t, _, _ in items)
+    assert ''.join(d for _, _, d, _ in items) == items[-1][1] == text
+    counts = [n for _, _, _, n in items]
+    assert counts == sorted(set(counts)) and counts[-1] == len(ids)
