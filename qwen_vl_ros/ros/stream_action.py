@@ -70,7 +70,6 @@ class StreamAction:
     """The ~/describe_stream action server of a node."""
 
     def __init__(self, node, start, withdraw, closing: threading.Event, callback_group):
-        self._node = node
         self._start = start
         self._withdraw = withdraw     # InferenceWorker.withdraw: a queued job leaves at once
         self._closing = closing
@@ -80,9 +79,6 @@ class StreamAction:
             node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
             callback_group=callback_group)
-
-    def destroy(self) -> None:
-        self._server.destroy()
 
     def _on_cancel(self, handle) -> CancelResponse:
         """Accept the cancel and stop the job now.
