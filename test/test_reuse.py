@@ -8,9 +8,7 @@ The reference for every answer is a fresh run on the same pipeline with both cac
 
 import collections
 import math
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +17,15 @@ pytest.importorskip('torch', reason='the tiny stand-ins are exported with torch'
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline, RuntimeFailure  # noqa: E402
 from qwen_vl_ros.vlm.reuse import VisionCache, common_prefix, CachedPrompt  # noqa: E402
+# AXERA's pyaxengine over the stub NPU: its driver, and its packing fixture as `stub_packed`
+from test_axengine_backend import CURRENT, drive  # noqa: E402
+from test_axengine_backend import packed as stub_packed  # noqa: E402,F401 (a fixture)
 
 # the chunked build of test_axengine_backend.py (exported once): chunks of 16, prompts up to 96
 CHUNKED = {'image_size': (112, 112), 'prefill_len': 16, 'histories': (16, 48, 80)}
 PROMPT = 'Describe this image.'
 FOLLOW = 'What colour is the biggest thing?'
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True, repetition_penalty=1.0)
-EMULATION = Path(__file__).resolve().parent / 'axengine_emulation'
 
 
 def frame(h, w, seed=0):
@@ -268,49 +268,29 @@ def test_vision_cache_and_common_prefix_rules():
     assert common_prefix(None, ids, pos, 'frame1', [9]) == 0
 
 
-def _drop_axengine():
-    for name in [n for n in sys.modules if n == 'axengine' or n.startswith('axengine.')]:
-        del sys.modules[name]
-
-
 @pytest.mark.parametrize('keeps_rows', [True, False])
-def test_in_buffer_cache_resumes_or_falls_back(export_variant, tmp_path, monkeypatch,
-                                               keeps_rows):
-    """The in-buffer KV cache (pyaxengine emulation) keeps its rows, or falls back.
+def test_in_buffer_cache_resumes_or_falls_back(chunked, export_variant, tmp_path, keeps_rows,
+                                               stub_packed):  # noqa: F811 (the fixture)
+    """AXERA's pyaxengine over the stub NPU: the in-buffer KV cache keeps its rows, or not.
 
     Where a runtime says it cannot keep them, the follow-up runs the whole prefill (vision
-    still reused); the tokens are the same either way.
+    still reused); the tokens are a fresh onnxruntime run's either way.
     """
-    monkeypatch.syspath_prepend(str(EMULATION))
-    monkeypatch.setenv('AXENGINE_EMULATION_API', 'current')
-    _drop_axengine()
-    from axmodel_pack import pack_model_dir
-    from qwen_vl_ros.vlm.runtime import axengine_kv
-    monkeypatch.setattr(axengine_kv.InBufferKV, 'keeps_rows', keeps_rows)
-    try:
-        ax_dir = pack_model_dir(export_variant(**CHUNKED), tmp_path / 'ax')
-        pipe = Pipeline.load(str(ax_dir), backend='axengine', progress=lambda m: None)
-        assert pipe.decoder.kv is not None
-        assert pipe.prefix_cache.enabled == keeps_rows
-        img = [frame(112, 112, seed=12)]
-        want = fresh(pipe, img, FOLLOW)
-        calls = Calls(pipe)
-        fresh(pipe, img, PROMPT)
-        c_first = calls.take()
-        got = pipe.describe(img, FOLLOW, GREEDY)
-        c_follow = calls.take()
-        assert got.token_ids == want.token_ids
-        assert c_follow[('vision', 0)] == 0
-        if keeps_rows:
-            assert got.reused_prompt_tokens > 0
-            assert calls.prefill_steps(c_follow) < calls.prefill_steps(c_first)
-        else:
-            assert got.reused_prompt_tokens == 0
-            assert calls.prefill_steps(c_follow) == len(pipe.decoder.layers) * chunks(
-                got.prompt_tokens, pipe.decoder.chunk)
-    finally:
-        _drop_axengine()
-        os.environ.pop('QWEN_VL_KV_IN_BUFFER', None)
+    img = [112, 112, 12]
+    cases = [{'frames': [img], 'prompt': PROMPT, 'n': 12},
+             {'frames': [img], 'prompt': FOLLOW, 'n': 12}]
+    out = drive(CURRENT, {'model_dir': stub_packed(export_variant(**CHUNKED)), 'cases': cases,
+                          'in_buffer': [True, False], 'keeps_rows': keeps_rows}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    want = fresh(chunked, [frame(*img[:2], seed=img[2])], FOLLOW).token_ids
+    first = fresh(chunked, [frame(*img[:2], seed=img[2])], PROMPT).token_ids
+    for path, run in out['runs'].items():     # '1': in-buffer KV, '0': host arrays
+        assert run['kv'] == (path == '1')
+        assert run['tokens'] == [first, want], path
+        assert run['vision_cached'] == [False, True], path
+        resumes = keeps_rows or path == '0'
+        assert run['can_resume'] == resumes, path
+        assert (run['reused'][1] > 0) == resumes and run['reused'][0] == 0, path
 
 
 def test_cancel_runs_no_model_after_should_stop(single):
