@@ -330,3 +330,33 @@ def test_cli_follow_up_questions_reuse_the_frame(chunked, export_variant, tmp_pa
     chunked.vision_cache.clear()
     chunked.prefix_cache.forget()
     assert follow['token_ids'] == chunked.describe([img], FOLLOW, opts).token_ids
+
+
+def test_nan_outputs_leave_nothing_to_reuse(export_variant):
+    """NaN logits mid-answer wipe the KV cache; NaN vision features fail at the first token.
+
+    Either way the next question about the frame runs from scratch (test/fault_runtime.py
+    injects the faults into the real onnxruntime sessions), with a fresh run's tokens.
+    """
+    from fault_runtime import Fault, FaultPlan, wrap_pipeline
+    from qwen_vl_ros.vlm.errors import NonFiniteOutput
+    pipe = Pipeline.load(str(export_variant(**CHUNKED)), threads=1, progress=lambda m: None)
+    plan = FaultPlan()
+    wrap_pipeline(pipe, plan)
+    img = [frame(112, 112, seed=15)]
+    want = fresh(pipe, img, FOLLOW)
+    fresh(pipe, img, PROMPT)
+    plan.arm(Fault('nan', role='post', step=2))
+    with pytest.raises(NonFiniteOutput):
+        pipe.describe(img, FOLLOW, GREEDY)
+    got = pipe.describe(img, FOLLOW, GREEDY)
+    assert got.reused_prompt_tokens == 0 and got.token_ids == want.token_ids
+    assert got.vision_cached          # the features were not the problem
+    other = [frame(112, 112, seed=16)]
+    plan.arm(Fault('nan', role='vision'))
+    with pytest.raises(NonFiniteOutput):
+        pipe.describe(other, PROMPT, GREEDY)
+    got = pipe.describe(other, PROMPT, GREEDY)
+    assert not got.vision_cached and got.reused_prompt_tokens == 0
+    assert got.token_ids == fresh(pipe, other, PROMPT).token_ids
+    assert len(plan.fired) == 2

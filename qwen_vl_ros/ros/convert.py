@@ -6,7 +6,7 @@ from qwen_vl_interfaces.msg import Description
 from std_msgs.msg import String
 
 from ..vlm.errors import ImageError, ModelDirError, PromptTooLongError, RuntimeFailure, VLMError
-from .worker import Cancelled
+from .worker import Cancelled, RuntimeHung
 
 TIMER = 'timer'
 SERVICE = 'service'
@@ -57,6 +57,7 @@ _KINDS = (
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),
     (Cancelled, 'cancelled', 'cancelled'),
+    (RuntimeHung, 'runtime_errors', 'runtime hung'),
 )
 
 

@@ -38,10 +38,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from ..vlm import Pipeline
 from ..vlm.prompt import keep_torch_out
-from . import params
+from . import params, signals
 from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
-from .diagnostics import Counters
+from .diagnostics import Counters, NodeHealth, Reporter
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
+from .health import EXIT_HUNG, HangWatchdog
 from .questions import questions
 from .stream_action import StreamAction
 from .worker import Cancelled, InferenceWorker, Job, Refused
@@ -66,6 +67,7 @@ class DescribeNode(Node):
         s = self.settings
         self.exit_code: int | None = None
         self.counters = Counters()
+        self._reporter = Reporter(self.counters)
         self._lock = threading.Lock()
         self._warned: dict = {}
         self._closing = threading.Event()
@@ -74,6 +76,9 @@ class DescribeNode(Node):
         self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
                                       on_load_failed=self._on_load_failed,
                                       on_job_error=self._on_job_error)
+        self.watchdog = HangWatchdog(
+            self.worker, lambda: (self.settings.hang_timeout_s, self.settings.hang_exit_s),
+            on_hung=self._on_hung, on_recovered=self._on_recovered, on_exit=self._on_hang_exit)
 
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
@@ -123,6 +128,7 @@ class DescribeNode(Node):
         self.get_logger().info(
             f'loading {s.model_dir} (backend {s.backend}); requests get "loading" until ready')
         self.worker.start()
+        self.watchdog.start()
 
     def _load(self):
         s = self.settings
@@ -147,10 +153,23 @@ class DescribeNode(Node):
             f'{type(error).__name__}: {one_line(error)}')
         self.exit_code = 1
 
+    def _on_hung(self, reason: str) -> None:
+        self.get_logger().error(f'runtime hung: {reason}')
+
+    def _on_recovered(self, seconds: float) -> None:
+        _warning(self.get_logger())(f'runtime recovered: the stuck call returned after '
+                                    f'{seconds:.1f} s; serving again')
+
+    def _on_hang_exit(self, reason: str) -> None:
+        self.get_logger().error(f'exiting with code {EXIT_HUNG}: runtime hung ({reason})')
+        self.exit_code = EXIT_HUNG
+
     def close(self) -> bool:
         """Stop the worker (cancels the running generation); True when its thread has ended."""
         self._closing.set()
-        ended = self.worker.stop(timeout=1.0)
+        self.watchdog.stop()
+        # a model still loading is inside the runtime's native code: waiting cannot help
+        ended = self.worker.stop(timeout=0.1 if self.worker.state == 'loading' else 1.0)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
         line = f'stopped ({stats or "nothing done"})'
@@ -218,7 +237,8 @@ class DescribeNode(Node):
     def _on_tick(self) -> None:
         self.counters.inc('timer_ticks')
         if self.worker.state != 'ready':
-            self.counters.inc('timer_skipped_loading')
+            self.counters.inc('timer_skipped_hung' if self.worker.state == 'hung' else
+                              'timer_skipped_loading')
             return
         if not self.worker.idle:
             n = self.counters.inc('timer_skipped_busy')
@@ -254,6 +274,7 @@ class DescribeNode(Node):
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
             self.counters.inc('timer_skipped_busy' if r.kind == 'busy' else
+                              'timer_skipped_hung' if r.kind == 'hung' else
                               'timer_skipped_loading')
             return
         self.frames.mark_described(source)
@@ -407,6 +428,7 @@ class DescribeNode(Node):
                 self._pub_text.publish(text_msg(msg.text))
                 self._pub_stamped.publish(msg)
                 self.counters.inc('descriptions')
+                self.counters.record(msg)
                 msgs.append(msg)
             if progress is None and len(msgs) < len(prompts):
                 raise Cancelled('generation cancelled (shut-down or time-out)')
@@ -449,10 +471,19 @@ class DescribeNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        arr = self.counters.status(f'{self._diag_name}: describe',
-                                   self.settings.backend, self.worker.state,
-                                   self.worker.pending, self.get_clock().now().to_msg())
-        self._pub_diag.publish(arr)
+        s, w = self.settings, self.worker
+        newest = self.frames.newest()
+        problem = (one_line(w.load_error) if w.state == 'failed' and w.load_error else
+                   w.hang_reason if w.state == 'hung' else '')
+        runtime = getattr(getattr(w.pipeline, 'runtime', None), 'name', '')
+        health = NodeHealth(
+            state=w.state, backend=runtime or s.backend, model_dir=s.model_dir,
+            problem=problem, exit_in_s=self.watchdog.exit_in(), image_topic=self.image_topic,
+            newest_frame_age_s=self._frame_age(newest) if newest is not None else None,
+            max_image_age_s=s.max_image_age_s, pending=w.pending, queue_size=s.queue_size,
+            period_s=s.period_s)
+        self._pub_diag.publish(self._reporter.report(self._diag_name, health,
+                                                     self.get_clock().now().to_msg()))
 
 
 def _max_gap_s(s: params.Settings) -> float:
@@ -497,8 +528,10 @@ class _RosLogHandler(logging.Handler):
 def main(args=None) -> int:
     """Entry point of `describe_node` (ros2 run qwen_vl_ros describe_node --ros-args ...).
 
-    Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
+    Exit codes: 0 after SIGINT / SIGTERM (any number of them), 1 when the model does not load,
+    2 for bad parameters, 3 after a runtime hang (health.py).
     """
+    stop = signals.install_stop_handlers(NODE_NAME)   # before rclpy.init: it chains to them
     keep_torch_out()
     rclpy.init(args=args)
     node = None
@@ -517,7 +550,7 @@ def main(args=None) -> int:
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         node.start()
-        while rclpy.ok() and node.exit_code is None:
+        while rclpy.ok() and node.exit_code is None and not stop.is_set():
             executor.spin_once(timeout_sec=0.25)
         code = node.exit_code or 0
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -536,6 +569,7 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore_from_now_on()
     if not worker_ended:
         # The worker is inside a model run that cannot be interrupted: do not wait for it, and
         # do not let interpreter teardown race with the runtime's native threads.

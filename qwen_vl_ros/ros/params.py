@@ -143,6 +143,15 @@ SPECS = (
     Spec('request_timeout_s', 300.0,
          'Longest a ~/describe call waits for its answer (queue wait included) before it '
          'answers success=false "timeout".', range=(1.0, 86400.0)),
+    Spec('hang_timeout_s', 30.0,
+         'A request whose runtime call shows no progress for this long (no decode step, or a '
+         'vision / prefill run that does not return) means the runtime is hung: waiting '
+         'requests are answered with that reason, new ones refused, /diagnostics goes ERROR. '
+         '0 = no hang detection. Changeable at run time.', range=(0.0, 86400.0)),
+    Spec('hang_exit_s', 10.0,
+         'After a hang, exit the process (code 3) this many seconds later so that its '
+         'supervisor restarts it (launch argument respawn:=true); 0 = stay up, refusing '
+         'requests. Changeable at run time.', range=(0.0, 86400.0)),
     Spec('vision_cache_frames', 2,
          'Follow-up questions about the same frame: vision features of this many of the newest '
          'frames described are kept (a video counts as one; a topic frame is known by topic, '
@@ -179,7 +188,9 @@ class Settings:
     image_reliability: str
     queue_size: int
     request_timeout_s: float
-    vision_cache_frames: int
+    hang_timeout_s: float = 30.0
+    hang_exit_s: float = 10.0
+    vision_cache_frames: int = 2
 
     def replace(self, **changes) -> Settings:
         """Return a copy with some values changed."""

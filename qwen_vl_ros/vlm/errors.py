@@ -19,3 +19,7 @@ class PromptTooLongError(VLMError):
 
 class RuntimeFailure(VLMError):
     """The inference runtime failed while running a model."""
+
+
+class NonFiniteOutput(RuntimeFailure):
+    """A model returned NaN or Inf values: the runtime (or the NPU) produced garbage."""

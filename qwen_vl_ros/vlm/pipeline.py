@@ -221,10 +221,15 @@ class Pipeline:
     def _prefill(self, ids, positions, embeds, key) -> tuple:
         """Prefill what the KV cache does not hold yet; return (first logits, rows reused)."""
         dec = self.decoder
-        start = dec.chunk_starts(len(ids), self.prefix_cache.reusable(ids, positions, key))[0]
+        kept = self.prefix_cache.reusable(ids, positions, key, dec.cache_epoch)
+        start = dec.chunk_starts(len(ids), kept)[0]
         self.prefix_cache.forget()   # the rows change now; recorded again once they are right
-        logits = dec.logits(dec.prefill(embeds, positions, start))
-        self.prefix_cache.hold(ids, positions, key)
+        try:
+            logits = dec.logits(dec.prefill(embeds, positions, start))
+        except BaseException:
+            self.vision_cache.drop(key)   # e.g. NaN features: NaN first logits; keep none
+            raise
+        self.prefix_cache.hold(ids, positions, key, dec.cache_epoch)
         return logits, start
 
     def _blocks_for(self, n_frames: int, second_per_grid_t: float = 1.0) -> tuple:

@@ -19,7 +19,9 @@ before the first token; a follow-up question about the same frame needs neither 
 Each row of a causal decoder depends only on the tokens up to it, so reused rows are the rows a
 fresh run would compute: results are token-identical (test/test_reuse.py proves it and counts
 the runtime calls skipped). What the cache holds is forgotten before every prefill and recorded
-only after one succeeds, so a failed run never leaves a prefix that is not in the cache.
+only after one succeeds; a run that fails later (e.g. NaN logits, after which the decoder
+clears its cache, DecoderStack.cache_epoch) no longer matches what was recorded, and a
+failed prefill drops the frame's features: a failed run leaves nothing a follow-up could reuse.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class VisionCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
+    def drop(self, key) -> None:
+        """Forget the features kept under ``key`` (if any)."""
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -82,6 +88,7 @@ class CachedPrompt:
     ids: np.ndarray          # int64 (T,)
     positions: np.ndarray    # int64 (3, T)
     vision_key: object       # key of the vision features spliced over the pad tokens, or None
+    epoch: int = 0           # the decoder's cache_epoch when the rows were written
 
 
 def common_prefix(cached: CachedPrompt | None, ids: np.ndarray, positions: np.ndarray,
@@ -115,12 +122,15 @@ class PrefixCache:
         self.pad_ids = tuple(pad_ids)
         self.cached: CachedPrompt | None = None
 
-    def reusable(self, ids: np.ndarray, positions: np.ndarray, vision_key) -> int:
+    def reusable(self, ids: np.ndarray, positions: np.ndarray, vision_key,
+                 epoch: int = 0) -> int:
         """Rows [0, p) of the cache that the prompt may keep; at least its last token is run.
 
         The last token must go through the layers again: its hidden row gives the first logits.
+        ``epoch``: the decoder's cache_epoch now; another one than at ``hold`` = the rows were
+        wiped since (DecoderStack.clear_cache), nothing is kept.
         """
-        if not self.enabled:
+        if not self.enabled or (self.cached is not None and self.cached.epoch != epoch):
             return 0
         p = common_prefix(self.cached, ids, positions, vision_key, self.pad_ids)
         return max(0, min(p, len(ids) - 1))
@@ -129,8 +139,8 @@ class PrefixCache:
         """Call before the cache rows are written: until ``hold`` they are not trustworthy."""
         self.cached = None
 
-    def hold(self, ids: np.ndarray, positions: np.ndarray, vision_key) -> None:
+    def hold(self, ids: np.ndarray, positions: np.ndarray, vision_key, epoch: int = 0) -> None:
         """Record that rows [0, len(ids)) now hold this prompt (after a successful prefill)."""
         if self.enabled:
             self.cached = CachedPrompt(np.array(ids, np.int64), np.array(positions, np.int64),
-                                       vision_key)
+                                       vision_key, epoch)
