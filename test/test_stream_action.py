@@ -119,7 +119,8 @@ class Goal:
         deadline = time.monotonic() + timeout
         while len(self.feedback) < n:
             assert time.monotonic() < deadline and not self.done.is_set(), \
-                f'{len(self.feedback)} feedback messages, wanted {n}'
+                f'{len(self.feedback)} feedback messages, wanted {n}; result ' + (
+                    repr(self.result.message) if self.result is not None else 'none yet')
             time.sleep(0.01)
 
 
@@ -270,12 +271,14 @@ def test_follow_up_about_a_topic_frame_runs_no_vision(client, node):
 def test_sigint_during_a_streaming_goal_exits_0_within_2_s(slow_model, tmp_path):
     from qwen_vl_interfaces.action import Describe
     from rclpy.action import ActionClient
-    proc = NodeProcess(launch_arguments(model_dir=str(slow_model), backend='onnxruntime',
-                                        threads=1, max_image_age_s=0.0), tmp_path)
+    # a namespace of its own: the in-process node of the other tests is still up as /qwen_vl
+    proc = NodeProcess(launch_arguments(namespace='sigint', model_dir=str(slow_model),
+                                        backend='onnxruntime', threads=1,
+                                        max_image_age_s=0.0), tmp_path)
     try:
         proc.wait_for_log(READY, 90)
-        with service_client() as c:
-            c.stream = ActionClient(c.node, Describe, '/qwen_vl/describe_stream')
+        with service_client(node_ns='/sigint/qwen_vl') as c:
+            c.stream = ActionClient(c.node, Describe, '/sigint/qwen_vl/describe_stream')
             assert c.stream.wait_for_server(timeout_sec=20)
             g = Goal(c, PROMPT, image_msg(picture(seed=29)), max_new_tokens=1000)
             g.wait_feedback(2)
