@@ -5,7 +5,8 @@ from __future__ import annotations
 from qwen_vl_interfaces.msg import Description
 from std_msgs.msg import String
 
-from ..vlm.errors import ImageError, ModelDirError, PromptTooLongError, RuntimeFailure, VLMError
+from ..vlm.errors import (ImageError, ModelDirError, PromptError, PromptTooLongError,
+                          RuntimeFailure, VLMError)
 from .worker import Cancelled, RuntimeHung
 
 TIMER = 'timer'
@@ -53,6 +54,7 @@ def text_msg(text: str) -> String:
 _KINDS = (
     (ImageError, 'image_errors', 'bad image'),
     (PromptTooLongError, 'prompt_errors', 'prompt too long'),
+    (PromptError, 'prompt_errors', 'bad prompt'),
     (RuntimeFailure, 'runtime_errors', 'runtime error'),
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),

@@ -44,9 +44,13 @@ COUNTERS = (
     'runtime_errors',           # the runtime failed while generating
     'internal_errors',          # anything else (a bug: the log has the traceback)
     'cancelled',                # jobs dropped or cut short (time-out, shut-down)
+    'frames_lost',              # image messages the middleware reported lost (MESSAGE_LOST)
+    'qos_incompatible',         # image publishers whose QoS cannot match the subscription
 )
+# Counted like errors for the status level: frames that never reached the node.
+LOSSES = ('frames_lost', 'qos_incompatible')
 ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors')
-CAMERA = ('frames_received', 'image_errors', 'stale_refused')
+CAMERA = ('frames_received', 'image_errors', 'stale_refused') + LOSSES
 TIMINGS = ('vision_ms', 'time_to_first_token_ms', 'decode_ms', 'tokens_per_second')
 TIMING_WINDOW = 100     # descriptions the p95 figures are taken over
 
@@ -72,6 +76,14 @@ class Counters:
     def inc(self, name: str, problem: str = '') -> int:
         with self._lock:
             self._values[name] = self._values.get(name, 0) + 1
+            if problem:
+                self.last_problem = problem
+            return self._values[name]
+
+    def add(self, name: str, n: int, problem: str = '') -> int:
+        """Add ``n`` to a counter (e.g. frames lost, reported in batches)."""
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + int(n)
             if problem:
                 self.last_problem = problem
             return self._values[name]
@@ -190,6 +202,12 @@ def _model(h: NodeHealth, state_for_s: float) -> tuple:
 def _camera(h: NodeHealth, new: dict, span: float, values: dict) -> tuple:
     topic = h.image_topic
     age = h.newest_frame_age_s
+    lost, mismatched = new.get('frames_lost', 0), new.get('qos_incompatible', 0)
+    if lost or mismatched:
+        return WARN, (f'{lost} frame(s) lost by the middleware and {mismatched} publisher(s) '
+                      f'of incompatible QoS on {topic} in the last {span:.0f} s '
+                      f'({values.get("frames_lost", 0)} lost in all): see the node\'s warning '
+                      '(image_reliability, image_transport)')
     if age is None:
         return WARN, f'no frame received on {topic} yet'
     if h.max_image_age_s > 0 and age > h.max_image_age_s:
