@@ -266,3 +266,36 @@ def test_real_tokenizer_yes_no_is_one_token_and_padding_never_allowed():
         (token,) = tokenizer.encode(answer)
         assert allowed[token]
         assert guide.advance(token)     # complete after one token: no decode step at all
+
+
+def run_cli(tiny_onnx_dir, *args):
+    import subprocess
+    import sys
+    script = Path(sys.executable).parent / 'qwen-vl-describe'
+    return subprocess.run([str(script), '--model-dir', str(tiny_onnx_dir), '--threads', '1',
+                           *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_typed_answers(tiny_onnx_dir, tmp_path):
+    import cv2
+    image = tmp_path / 'frame.png'
+    cv2.imwrite(str(image), frame(120, 90, seed=8))
+    out = run_cli(tiny_onnx_dir, '--image', str(image), '--json', '--choices', 'yes,no',
+                  '--temperature', '3.0', '--seed', '5')
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer['text'] in ('yes', 'no') and answer['finish_reason'] == 'stop'
+    assert answer['choice_index'] == ('yes', 'no').index(answer['text'])
+    schema = tmp_path / 'schema.json'
+    schema.write_text(json.dumps(SCHEMA))
+    out = run_cli(tiny_onnx_dir, '--image', str(image), '--json', '--json-schema', str(schema),
+                  '--max-new-tokens', '64')
+    assert out.returncode == 0, out.stderr
+    check_schema_answer(json.loads(out.stdout)['text'])
+    out = run_cli(tiny_onnx_dir, '--image', str(image), '--regex', '[0-9]{1,3} cups?',
+                  '--max-new-tokens', '12', '--greedy')
+    assert out.returncode == 0 and pyregex.fullmatch('[0-9]{1,3} cups?', out.stdout.strip())
+    out = run_cli(tiny_onnx_dir, '--image', str(image), '--regex', '[0-9')
+    assert out.returncode == 2
+    assert 'regex' in out.stderr and 'unclosed character class' in out.stderr
+    assert 'loading' not in out.stderr   # refused before the model is loaded

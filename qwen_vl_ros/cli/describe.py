@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import cv2
 
 from ..vlm import GenerationOptions, Pipeline, VLMError
+from ..vlm.constrain import grammar_for
 from ..vlm.prompt import keep_torch_out
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
@@ -46,6 +48,28 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--seed', type=int)
     p.add_argument('--second-per-grid-t', type=float, default=1.0,
                    help='video: seconds one pair of frames spans (rope temporal step)')
+    typed = p.add_mutually_exclusive_group()
+    typed.add_argument('--choices', type=split_choices,
+                       help='the answer is exactly one of these comma-separated strings '
+                            '(e.g. yes,no; write \\, for a comma inside one)')
+    typed.add_argument('--json-schema', type=read_json_schema,
+                       help='the answer is JSON valid against this JSON Schema (a file or '
+                            'the schema text)')
+    typed.add_argument('--regex', help='the answer fully matches this regex (Rust syntax)')
+
+
+def split_choices(text: str) -> tuple:
+    r"""Return 'yes,no' as ('yes', 'no'); a backslash-comma is a comma inside a choice."""
+    parts = [p.replace('\0', ',') for p in text.replace('\\,', '\0').split(',')]
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def read_json_schema(text: str) -> str:
+    """--json-schema: the text of a file when ``text`` names one, else ``text`` itself."""
+    if not text.lstrip().startswith('{') and os.path.isfile(text):
+        with open(text, encoding='utf-8') as f:
+            return f.read()
+    return text
 
 
 def load_pipeline(args, progress=None) -> Pipeline:
@@ -61,7 +85,8 @@ def generation_options(args) -> GenerationOptions:
         max_new_tokens=args.max_new_tokens, greedy=True if args.greedy else None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, seed=args.seed,
-        second_per_grid_t=args.second_per_grid_t)
+        second_per_grid_t=args.second_per_grid_t, choices=getattr(args, 'choices', None),
+        json_schema=getattr(args, 'json_schema', None), regex=getattr(args, 'regex', None))
 
 
 def read_rgb(path: str):
@@ -78,7 +103,8 @@ def result_dict(result, **extra) -> dict:
                 prompt_tokens=result.prompt_tokens, generated_tokens=len(result.token_ids),
                 finish_reason=result.finish_reason,
                 timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
-                tokens_per_second=round(result.tokens_per_second, 3))
+                tokens_per_second=round(result.tokens_per_second, 3),
+                choice_index=result.choice_index)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,12 +136,14 @@ def main(argv=None) -> int:
         if not args.image and not args.prompt:
             raise VLMError('give --image FILE and/or --prompt TEXT')
         frames = [read_rgb(p) for p in args.image]
+        options = generation_options(args)
+        grammar_for(options.choices, options.json_schema, options.regex)  # refuse before loading
         pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
 
         def on_text(piece):
             print(piece, end='', flush=True)
 
-        result = pipe.describe(frames, args.prompt, generation_options(args),
+        result = pipe.describe(frames, args.prompt, options,
                                on_text=on_text if args.stream and not args.json else None)
     except VLMError as e:
         print(f'qwen-vl-describe: error: {e}', file=sys.stderr)

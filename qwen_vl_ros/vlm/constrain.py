@@ -53,7 +53,7 @@ def grammar_for(choices=None, json_schema=None, regex=None) -> str | None:
     ``json_schema``: a JSON Schema as text or dict (the answer is JSON valid against it);
     ``regex``: Rust regex syntax (https://docs.rs/regex), matched against the whole answer.
     Raises ConstraintError when more than one is given, for an empty or repeated choice, or
-    for schema text that is not JSON. The grammar itself is checked by ``Guide`` (llguidance).
+    for a schema or regex that llguidance rejects (its message says why).
     """
     given = [name for name, v in (('choices', choices), ('json_schema', json_schema),
                                   ('regex', regex)) if v]
@@ -69,8 +69,8 @@ def grammar_for(choices=None, json_schema=None, regex=None) -> str | None:
             raise ConstraintError(f'choices must be non-empty strings, got {choices!r}')
         if len(set(choices)) != len(choices):
             raise ConstraintError(f'choices must differ from each other, got {choices!r}')
-        return llg.grammar_from('choice', choices)
-    if json_schema:
+        grammar = llg.grammar_from('choice', choices)
+    elif json_schema:
         if isinstance(json_schema, str):
             try:
                 json_schema = json.loads(json_schema)
@@ -80,10 +80,18 @@ def grammar_for(choices=None, json_schema=None, regex=None) -> str | None:
             raise ConstraintError(f'json_schema must be a JSON object, got '
                                   f'{type(json_schema).__name__}')
         try:
-            return llg.LLMatcher.grammar_from_json_schema(json_schema, defaults=JSON_DEFAULTS)
+            grammar = llg.LLMatcher.grammar_from_json_schema(json_schema, defaults=JSON_DEFAULTS)
         except ValueError as e:
             raise ConstraintError(f'json_schema: {e}') from e
-    return llg.LLMatcher.grammar_from_regex(str(regex))
+    else:
+        grammar = llg.LLMatcher.grammar_from_regex(str(regex))
+    # llguidance checks the grammar without a tokenizer (~1 ms): a bad schema or regex is
+    # refused here, before a model is loaded or run
+    problem = llg.LLMatcher.validate_grammar(grammar)
+    if problem:
+        kind = given[0]
+        raise ConstraintError(f'{kind}: {_clean(problem)}')
+    return grammar
 
 
 class GrammarTokenizer:
