@@ -34,12 +34,16 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..vlm import Pipeline
+from ..vlm.grounding import detect as find_objects
 from ..vlm.prompt import keep_torch_out
-from . import params
-from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
+from . import annotate, params
+from . import detect as detect_io
+from .convert import (SERVICE, TIMER, description_msg, error_kind, one_line, request_constraint,
+                      text_msg)
 from .diagnostics import Counters
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
 from .worker import Cancelled, InferenceWorker, Job, Refused
@@ -92,6 +96,24 @@ class DescribeNode(Node):
                                    reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.VOLATILE),
             callback_group=ReentrantCallbackGroup())
+        # Detections (ros/detect.py; vision_msgs may be missing) and the annotated image
+        # (ros/annotate.py; drawn only while subscribed).
+        self._annotator = annotate.Annotator(
+            self.create_publisher(Image, '~/annotated_image', 1))
+        self._pub_detections = None
+        if detect_io.AVAILABLE:
+            self._pub_detections = self.create_publisher(detect_io.Detection2DArray,
+                                                         '~/detections', 10)
+            self._detect_service = self.create_service(
+                detect_io.Detect, '~/detect', self._on_detect,
+                qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
+                                       reliability=ReliabilityPolicy.RELIABLE,
+                                       durability=DurabilityPolicy.VOLATILE),
+                callback_group=ReentrantCallbackGroup())
+        else:
+            _warning(self.get_logger())(detect_io.MISSING)
+            self._detect_service = self.create_service(Trigger, '~/detect',
+                                                       detect_io.unavailable)
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._timer = None
         self._set_period(s.period_s)
@@ -241,7 +263,17 @@ class DescribeNode(Node):
                                         throttle_duration_sec=THROTTLE_S)
             return
         s = self.settings
-        job = self._job(kept if video_frames else [source], s.prompt, s, 0, TIMER)
+        if s.mode == 'detect':
+            problem = (detect_io.MISSING if not detect_io.AVAILABLE else
+                       '' if s.labels else 'parameter labels is empty')
+            if problem:
+                n = self.counters.inc('timer_skipped_no_detect', problem)
+                _warning(self.get_logger())(f'timer: mode detect: {problem}; tick skipped '
+                                            f'({n} so far)', throttle_duration_sec=THROTTLE_S)
+                return
+            job = self._job([source], '', s, 0, TIMER, detect=(s.labels, ''))
+        else:
+            job = self._job(kept if video_frames else [source], s.prompt, s, 0, TIMER)
         try:
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
@@ -278,7 +310,11 @@ class DescribeNode(Node):
         if stale:
             self.counters.inc('stale_refused', stale)
             return _refuse(response, stale)
-        job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE)
+        constraint, problem = request_constraint(request)
+        if problem:
+            self.counters.inc('request_errors', problem)
+            return _refuse(response, problem)
+        job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE, constraint)
         try:
             self.worker.submit(job)
         except Refused as r:
@@ -317,13 +353,17 @@ class DescribeNode(Node):
 
     # -- the work -----------------------------------------------------------------------------
     def _job(self, sources: list, prompt: str, s: params.Settings, max_new_tokens: int,
-             trigger: str) -> Job:
+             trigger: str, constraint: dict | None = None, detect: tuple | None = None) -> Job:
         """Make a job that converts the frames, runs the model and publishes the description.
 
         One source = an image; several = one video (oldest first), published with the header
-        of the newest.
+        of the newest. ``constraint``: a request's own choices / json_schema / regex (instead
+        of the parameters'); ``detect`` = (labels, expression): find boxes instead (one image).
         """
         options = s.generation_options(max_new_tokens)
+        if constraint:
+            options = dataclasses.replace(options, **{'choices': None, 'json_schema': None,
+                                                      'regex': None, **constraint})
         max_pixels = s.max_pixels
         source = sources[-1]
 
@@ -337,13 +377,18 @@ class DescribeNode(Node):
                 spg = second_per_grid_t(sources, pipeline.files.config.temporal_patch_size)
                 if spg:
                     opts = dataclasses.replace(options, second_per_grid_t=spg)
+            if detect is not None:
+                return self._run_detect(pipeline, frames[-1], source, detect, opts, should_stop)
             result = pipeline.describe(frames, prompt, opts, should_stop=should_stop)
             if result.finish_reason == 'cancelled' or should_stop():
                 raise Cancelled('generation cancelled (shut-down or time-out)')
-            msg = description_msg(result, source.header, prompt, trigger, convert_ms)
+            msg = description_msg(result, source.header, prompt, trigger, convert_ms,
+                                  opts.choices)
             self._pub_text.publish(text_msg(msg.text))
             self._pub_stamped.publish(msg)
             self.counters.inc('descriptions')
+            if self._annotator.publish(frames[-1], source.header, text=msg.text):
+                self.counters.inc('annotated_images')
             return msg
 
         def on_done(job: Job) -> None:
@@ -365,6 +410,69 @@ class DescribeNode(Node):
                                  f'({self.counters.snapshot()[counter]} {counter} so far)')
 
         return Job(run, on_done)
+
+    def _run_detect(self, pipeline, frame, source, detect: tuple, options, should_stop):
+        """Find the objects in one frame; publish ~/detections; return (array, Detections)."""
+        labels, expression = detect
+        found = find_objects(pipeline, frame, labels, expression, options, should_stop)
+        if found.result.finish_reason == 'cancelled' or should_stop():
+            raise Cancelled('generation cancelled (shut-down or time-out)')
+        arr = detect_io.detections_msg(found, source.header)
+        self._pub_detections.publish(arr)
+        self.counters.inc('detections')
+        if self._annotator.publish(frame, source.header, detections=found.detections):
+            self.counters.inc('annotated_images')
+        return arr, found
+
+    # -- ~/detect -----------------------------------------------------------------------------
+    def _on_detect(self, request, response):
+        labels, expression = params.strings(request.labels), request.prompt.strip()
+        if not labels and not expression:
+            return _refuse(response, 'bad request: give labels and/or prompt (a referring '
+                                     'expression)')
+        image = request.image
+        if image.width or image.height or len(image.data) or image.encoding:
+            source = Source(image, compressed=False, from_topic=False)
+        else:
+            source = self.frames.newest()
+            if source is None:
+                return _refuse(response, f'no image: nothing received on {self.image_topic} '
+                                         'yet, and the request has no image')
+        stale = self._stale_reason(source)
+        if stale:
+            self.counters.inc('stale_refused', stale)
+            return _refuse(response, stale)
+        job = self._job([source], '', self.settings, request.max_new_tokens, SERVICE,
+                        detect=(labels, expression))
+        problem = self._submit_and_wait(job, source)
+        if problem:
+            return _refuse(response, problem)
+        response.detections, found = job.result
+        response.success = True
+        response.message = '; '.join(found.notes)
+        response.text = found.text
+        return response
+
+    def _submit_and_wait(self, job: Job, source: Source) -> str | None:
+        """Queue ``job`` and wait for it (bounded); None when it succeeded, else why not."""
+        s = self.settings
+        try:
+            self.worker.submit(job)
+        except Refused as r:
+            if r.kind == 'busy':
+                self.counters.inc('busy_replies')
+            return str(r)
+        if source.from_topic:
+            self.frames.mark_described(source)
+        deadline = time.monotonic() + s.request_timeout_s
+        while not job.done.wait(0.1):
+            if self._closing.is_set():
+                job.cancel()
+                return 'shutting down'
+            if time.monotonic() > deadline:
+                job.cancel()
+                return f'timeout: no answer within request_timeout_s = {s.request_timeout_s:g} s'
+        return error_kind(job.error)[1] if job.error is not None else None
 
     def _warn_throttled(self, key, text: str) -> None:
         """Warn at most every THROTTLE_S seconds per kind of problem.

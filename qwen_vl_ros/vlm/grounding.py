@@ -208,7 +208,8 @@ def token_spans(tokenizer, ids) -> list:
     return spans
 
 
-def detect(pipeline, frame, labels=(), expression: str = '', options=None) -> Detections:
+def detect(pipeline, frame, labels=(), expression: str = '', options=None,
+           should_stop=None) -> Detections:
     """Find ``labels`` / the referring ``expression`` in one RGB frame (HxWx3 uint8).
 
     Returns boxes in the frame's own pixels. ``options``: GenerationOptions (max_new_tokens,
@@ -223,7 +224,7 @@ def detect(pipeline, frame, labels=(), expression: str = '', options=None) -> De
     schema = box_schema(labels, expression, pipeline.vision_size)
     opts = dataclasses.replace(options or GenerationOptions(), choices=None, regex=None,
                                json_schema=schema, token_probs=True)
-    result = pipeline.describe([frame], prompt, opts)
+    result = pipeline.describe([frame], prompt, opts, should_stop=should_stop)
     geometry = fit_geometry(frame.shape[:2], pipeline.vision_size, pipeline.resize)
     items, complete = parse_boxes(result.text)
     ids = [t for t in result.token_ids if t not in pipeline.eos_ids]
