@@ -284,3 +284,4 @@ def test_without_vision_msgs_the_node_serves_and_says_why(tmp_path, tiny_onnx_di
     log = node.output()
     assert log.count('detections are off: the ROS package vision_msgs is not installed') == 1
     assert counters(log).get('timer_skipped_no_detect', 0) >= 1
+    assert 'timer: mode detect: vision_msgs is not installed' in log

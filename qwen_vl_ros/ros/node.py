@@ -264,7 +264,8 @@ class DescribeNode(Node):
             return
         s = self.settings
         if s.mode == 'detect':
-            problem = (detect_io.MISSING if not detect_io.AVAILABLE else
+            problem = ('vision_msgs is not installed (see the start-up warning)'
+                       if not detect_io.AVAILABLE else
                        '' if s.labels else 'parameter labels is empty')
             if problem:
                 n = self.counters.inc('timer_skipped_no_detect', problem)
