@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, machine_line  # noqa: E402
 
 BENCH = REPO / 'bench'
-ORDER = ('decode_host', 'frame_patches', 'memory', 'startup', 'ros_overhead')
+ORDER = ('decode_host', 'frame_patches', 'memory', 'startup', 'ros_overhead',
+         'constrained_sampling')
 
 
 def build_tiny(out: Path) -> Path | None:
@@ -53,6 +54,7 @@ def commands(dirs: dict, tiny: Path | None, tmp: Path) -> dict:
         'ros_overhead': None if tiny is None else py + [
             str(BENCH / 'ros_overhead.py'), '--model-dir', str(tiny),
             '--log-dir', str(tmp / 'ros_log')],
+        'constrained_sampling': py + [str(BENCH / 'constrained_sampling.py')],
     }
 
 
@@ -123,6 +125,14 @@ def summary_rows(r: dict) -> list:
                      f"{med['axengine_emulation']['ready']:.2f} s)",
                      f"demo load {med['demo']['ready']:.2f} s",
                      f"{s['ratio_pipeline_demo']:.2f}", '(stages reported)', '-'))
+    c = r.get('constrained_sampling')
+    if c:
+        worst = max(c['results'], key=lambda x: x['added_median_ms'])
+        rows.append(('6 typed answer: grammar cost per token (worst median, p95)',
+                     f"+{worst['added_median_ms']:.2f} ms, p95 +{worst['added_p95_ms']:.1f} ms "
+                     f"({worst['grammar']}, {worst['sampling'].split(' ')[0]})",
+                     f"plain sampler {worst['plain_ms']:.2f} ms", '-', '<= 1 ms added',
+                     _fmt_ok(c['met'])))
     return rows
 
 

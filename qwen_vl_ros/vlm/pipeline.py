@@ -256,7 +256,8 @@ class Pipeline:
         dec.start_decode(total)
         position = int(positions.max()) + 1
         while True:
-            token = sampler(logits if guide is None else guide.mask(logits))
+            token = sampler(logits) if guide is None else sampler(logits,
+                                                                  guide.candidates(logits))
             out.append(token)
             if token in self.eos_ids:
                 finish = 'stop'
