@@ -239,6 +239,11 @@ def test_padded_vocabulary_rows_are_never_allowed(pipe):
         assert np.isneginf(masked[words:]).all()
         assert np.isfinite(masked[:words]).any()
         assert not guide.allowed()[words:].any()
+        assert guide.candidates(logits).max() < words     # the decode loop's fast path
+        from qwen_vl_ros.vlm.sampling import Sampler, SamplingOptions
+        for opts in (SamplingOptions(), SamplingOptions(do_sample=True, top_k=0, seed=1),
+                     SamplingOptions(do_sample=True, top_k=5, top_p=0.5, seed=2)):
+            assert Sampler(opts)(logits, guide.candidates(logits)) < words
 
 
 def test_cut_short_answer_says_length_and_no_choice(pipe):
