@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EMULATION = REPO / 'test' / 'axengine_emulation'
+NPU_STUB = REPO / 'test' / 'npu_stub'
 SHARED = REPO.parent / 'shared'
+# The pyaxengine release the benchmarks run (AXERA's code, over the stub NPU libraries).
+PYAXENGINE = SHARED / 'pyaxengine' / 'pyaxengine-0.1.3.rc3.tar.gz'
 REAL_CONFIG = SHARED / 'qwen2_5_vl_3b'
 DEMO_IMAGE = SHARED / 'seed' / 'demo.jpg'
 
@@ -128,10 +130,24 @@ def verdict(ok: bool) -> str:
     return 'met' if ok else 'NOT met'
 
 
-def use_emulated_axengine(api: str = 'current'):
-    """Put the pyaxengine emulation on sys.path (this process only) and import it."""
-    os.environ['AXENGINE_EMULATION_API'] = api
-    if str(EMULATION) not in sys.path:
-        sys.path.insert(0, str(EMULATION))
-    import axengine
-    return axengine
+def npu_stub_env(tarball=PYAXENGINE) -> dict:
+    """Environment running AXERA's pyaxengine ``tarball`` over the stub NPU (test/npu_stub)."""
+    if not Path(tarball).exists():
+        raise SystemExit(f'{tarball} is absent: the pyaxengine releases live in ../shared')
+    sys.path.insert(0, str(NPU_STUB))
+    try:
+        from build import stub_env
+    finally:
+        sys.path.remove(str(NPU_STUB))
+    return stub_env(tarball)
+
+
+def run_under_npu_stub(tarball=PYAXENGINE) -> None:
+    """Re-execute this script under the stub NPU environment, unless already inside it.
+
+    The dynamic loader reads LD_LIBRARY_PATH at process start only, so the stub libraries must
+    be on it before Python starts (scripts/with_npu_stub.sh does the same from the shell).
+    """
+    if os.environ.get('AX_STUB_NPU') != '1':
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable] + sys.argv, npu_stub_env(tarball))

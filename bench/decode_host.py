@@ -10,12 +10,14 @@ steps, timed per token:
     python/infer.py decodes (whole host caches in every feed, its post_process sampling).
     onnxruntime reads numpy inputs in place, so both are cheap; reported: wall time per token
     (an upper bound of the host cost: the graphs compute nothing) and the part outside run().
-(b) the pyaxengine emulation (test/axengine_emulation: persistent CMM input buffers, every fed
-    input memmoved in and its whole buffer flushed per run, outputs invalidated and copied
-    out, bf16): the pipeline with its in-buffer KV cache, the pipeline on plain run() (the
-    fallback), and the naive loop on the same API. Host cost per token = wall time minus the
-    time inside the emulated NPU call (AX_ENGINE_RunGroupIOSync), so what remains is what the
-    Python side does on the board: feeds, copies, cache maintenance, sampling, text.
+(b) AXERA's pyaxengine 0.1.3.rc3 (../shared/pyaxengine, unmodified: persistent CMM input
+    buffers, every fed input memmoved in and its whole buffer flushed per run, outputs
+    invalidated and copied out, bf16) over the stub NPU libraries of test/npu_stub (the script
+    re-executes itself in that environment): the pipeline with its in-buffer KV cache, the
+    pipeline on plain run() (the fallback), and the naive loop on the same API. Host cost per
+    token = wall time minus the time inside the stub NPU's run (AX_ENGINE_RunGroupIOSync), so
+    what remains is what the Python side does on the board: pyaxengine's own Python, cffi,
+    feeds, copies, cache maintenance (memcpy in the stub), sampling, text.
 
 Targets: pipeline <= 2 ms per token in (a) and (b); in (b) at most 1/5 of the naive loop.
 """
@@ -33,12 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    bench_parser, demo_image_bgr, machine, machine_line, median, use_emulated_axengine, verdict,
+    bench_parser, demo_image_bgr, machine, machine_line, median, run_under_npu_stub, verdict,
     write_result)
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline  # noqa: E402
 
 PROMPT = 'Describe this image.'
+PYAX_RELEASE = 'pyaxengine-0.1.3.rc3 (AXERA, unmodified) over test/npu_stub'
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
@@ -251,13 +254,16 @@ def onnxruntime_part(onnx_dir: Path, tokens: int, runs: int) -> dict:
     return out
 
 
-def emulation_part(ax_dir: Path, tokens: int, runs: int) -> dict:
-    """Measure (b): pipeline (in-buffer KV, plain run) and naive loop on emulated pyaxengine."""
-    axengine = use_emulated_axengine('current')
-    stats = axengine.EMULATION_STATS
+def pyaxengine_part(ax_dir: Path, tokens: int, runs: int) -> dict:
+    """Measure (b): pipeline (in-buffer KV, plain run) and naive loop on pyaxengine + stub NPU."""
+    import npu_host  # the stub NPU's Python side, registered at start (sitecustomize)
+
+    from qwen_vl_ros.vlm.runtime.axengine import import_axengine, prints_to_log
+    axengine = import_axengine()
+    stats = npu_host.STATS
 
     def device():
-        return stats.npu_s, stats.npu_cpu_s, stats.flush_bytes
+        return stats.npu_s, stats.npu_cpu_s, npu_host.cache_stats()['flush_bytes']
 
     out = {}
     for name, switch in (('pipeline', '1'), ('pipeline_plain_run', '0')):
@@ -269,8 +275,9 @@ def emulation_part(ax_dir: Path, tokens: int, runs: int) -> dict:
         del pipe
     os.environ.pop('QWEN_VL_KV_IN_BUFFER')
 
-    layers = [axengine.InferenceSession(paths[-1]) for paths in files.layers]
-    post = axengine.InferenceSession(files.post)
+    with prints_to_log():
+        layers = [axengine.InferenceSession(paths[-1]) for paths in files.layers]
+        post = axengine.InferenceSession(files.post)
     table = np.load(files.embeddings, mmap_mode='r')
     loop = NaiveLoop(lambda i, feed, g: layers[i].run(None, feed, shape_group=g),
                      lambda x: post.run(None, {'input': x})[0], table, BF16,
@@ -284,9 +291,10 @@ def main(argv=None) -> int:
     p = bench_parser(__doc__, stand_in_dirs=True)
     p.add_argument('--tokens', type=int, default=48)
     args = p.parse_args(argv)
+    run_under_npu_stub()
 
     a = onnxruntime_part(args.onnx_dir, args.tokens, args.runs)
-    b = emulation_part(args.ax_dir, args.tokens, args.runs)
+    b = pyaxengine_part(args.ax_dir, args.tokens, args.runs)
     ratio_a = a['pipeline']['wall_ms'] / a['naive']['wall_ms']
     ratio_b = b['pipeline']['host_cpu_ms'] / b['naive']['host_cpu_ms']
     targets = {
@@ -302,7 +310,8 @@ def main(argv=None) -> int:
         print(f"      {k:22s} {a[k]['wall_ms']:9.3f} ms {a[k]['host_cpu_ms']:9.3f} ms")
     print(f'      ratio pipeline/naive (wall): {ratio_a:.3f}   target <= 2 ms: '
           f"{verdict(targets['a_pipeline_wall_le_2ms'])}")
-    print('  (b) pyaxengine emulation    host CPU   host wall   wall/token  emul. NPU  flushed')
+    print('  (b) pyaxengine 0.1.3.rc3 + stub NPU')
+    print('                             host CPU   host wall   wall/token  stub NPU   flushed')
     for k in ('pipeline', 'pipeline_plain_run', 'naive'):
         r = b[k]
         print(f"      {k:22s} {r['host_cpu_ms']:7.3f} ms {r['host_ms']:8.3f} ms "
@@ -312,6 +321,7 @@ def main(argv=None) -> int:
           f"{verdict(targets['b_pipeline_le_fifth_of_naive'])}")
     write_result(args.json, 'decode_host', {
         'tokens': args.tokens, 'runs': args.runs, 'onnxruntime': a, 'emulation': b,
+        'pyaxengine': PYAX_RELEASE,
         'ratio_a_wall': ratio_a, 'ratio_b_host': ratio_b, 'targets': targets})
     return 0
 

@@ -89,7 +89,7 @@ def summary_rows(r: dict) -> list:
                      f"{a['pipeline']['wall_ms']:.2f} ms",
                      f"naive loop {a['naive']['wall_ms']:.2f} ms", f"{d['ratio_a_wall']:.2f}",
                      '<= 2 ms', _fmt_ok(t['a_pipeline_wall_le_2ms'])))
-        rows.append(('1b decode, pyaxengine emulation: host CPU per token',
+        rows.append(('1b decode, pyaxengine 0.1.3.rc3 on the stub NPU: host CPU per token',
                      f"{b['pipeline']['host_cpu_ms']:.2f} ms",
                      f"naive loop {b['naive']['host_cpu_ms']:.2f} ms",
                      f"{d['ratio_b_host']:.3f} (1/{1 / d['ratio_b_host']:.0f})",
@@ -121,7 +121,7 @@ def summary_rows(r: dict) -> list:
     if s:
         med = s['median']
         rows.append(('5 process start to ready',
-                     f"{med['onnxruntime']['ready']:.2f} s (emulated axengine "
+                     f"{med['onnxruntime']['ready']:.2f} s (axengine on the stub NPU "
                      f"{med['axengine_emulation']['ready']:.2f} s)",
                      f"demo load {med['demo']['ready']:.2f} s",
                      f"{s['ratio_pipeline_demo']:.2f}", '(stages reported)', '-'))
@@ -146,12 +146,15 @@ NOTES = """\
   kv 256 x 1023, vocab 151936, prefill 320, vision 448x448), graphs that only move data, so
   what is timed is the host side. The NPU's own time (161 ms per token, 2.9 s to first token on
   the board) is not emulated.
-- Bench 1 (b) runs the pipeline through test/axengine_emulation, an emulation of pyaxengine's
-  AXEngineSession (same attributes, persistent CMM buffers sized to the largest group, every fed
-  input memmoved and its whole buffer flushed per run, outputs invalidated and copied, bf16).
-  Host cost = CPU time of the decoding thread minus the CPU time inside the emulated NPU call
-  (wall-clock figures are printed too). `pipeline_plain_run` is the pipeline on the fallback
-  path (whole caches fed per step): the in-buffer KV cache is what makes the difference.
+- Bench 1 (b) runs AXERA's pyaxengine 0.1.3.rc3 (../shared/pyaxengine, unmodified, real cffi)
+  over the stub NPU libraries of test/npu_stub (libax_sys / libax_engine built from C; CMM with
+  a CPU and a device side, flushes and invalidates copy exactly their range; the "NPU" runs the
+  stand-ins with onnxruntime behind a cffi callback). pyaxengine keeps persistent CMM buffers
+  sized to the largest group, memmoves every fed input and flushes its whole buffer per run,
+  invalidates and copies outputs; bf16 I/O. Host cost = CPU time of the decoding thread minus
+  the CPU time inside the stub NPU's run (wall-clock figures are printed too).
+  `pipeline_plain_run` is the pipeline on the fallback path (whole caches fed per step): the
+  in-buffer KV cache is what makes the difference.
 - Bench 2's baseline converts the message with PIL's own raw BGR decoder, the cheapest way into
   the demo's PIL path; the numpy channel flip (about the 19 ms the issue quotes) is printed too.
 - Bench 3 counts the table's resident pages through /proc/self/smaps while it is in use.

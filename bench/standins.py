@@ -9,7 +9,7 @@ vocab 151936; prefill 320, KV length 1023, vision 448x448):
 - ``OUT/onnx``: the ONNX stand-in layout (docs/LAYOUT.md) with the 151936 x 2048 float32 table
   (1.2 GB), the real config, tokenizer and chat template;
 - ``OUT/onnx_bf16``: the same models (symlinks) with the raw bf16 table (0.6 GB) instead;
-- ``OUT/axmodel``: the emulated-axmodel layout of ``OUT/onnx`` (test/axengine_emulation).
+- ``OUT/axmodel``: the stub-NPU axmodel layout of ``OUT/onnx`` (scripts/pack_npu_stub.py).
 
 The graphs only move data: a layer's ``output`` is its ``input``, ``K_cache_out`` /
 ``V_cache_out`` are slices of it; the vision output is a slice of the patch bytes; the post
@@ -33,7 +33,7 @@ import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EMULATION, REAL_CONFIG  # noqa: E402
+from common import NPU_STUB, REAL_CONFIG  # noqa: E402
 
 from qwen_vl_ros.export.shapes import LAYER_INPUTS, LAYER_OUTPUTS, layer_groups  # noqa: E402
 
@@ -187,7 +187,7 @@ def build(out: Path, tables=('npy', 'bf16'), axmodel: bool = True, log=print) ->
         write_bf16_table(npy, bf16_dir / 'model.embed_tokens.weight.bfloat16.bin')
         dirs['onnx_bf16'] = bf16_dir
     if axmodel:
-        sys.path.insert(0, str(EMULATION))
+        sys.path.insert(0, str(NPU_STUB / 'python'))
         from axmodel_pack import pack_model_dir
         dirs['axmodel'] = pack_model_dir(onnx_dir, out / 'axmodel')
     return dirs

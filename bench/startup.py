@@ -10,8 +10,9 @@ timestamped as they arrive, from the moment the process is spawned:
 - -> vision model loaded; -> 36 decoder layers loaded (one session per layer);
 - -> ready: post model, embedding table mapped, tokenizer and chat template.
 
-Backends: onnxruntime (one session per shape group), and the pyaxengine emulation (one
-.axmodel per layer; CMM buffers allocated per session as pyaxengine does). Baseline: the
+Backends: onnxruntime (one session per shape group), and AXERA's pyaxengine 0.1.3.rc3 over the
+stub NPU of test/npu_stub (one .axmodel per layer; CMM buffers allocated per session by
+pyaxengine itself). Baseline: the
 demo's loading sequence (bench/_demo_load.py: transformers config/tokenizer/processor,
 sessions, np.load of the whole table) on the same files with onnxruntime. On the board the NPU
 driver's model loading adds to the session stages; the host stages stay as measured here.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    EMULATION, REPO, bench_parser, machine, machine_line, median, write_result)
+    REPO, bench_parser, machine, machine_line, median, npu_stub_env, write_result)
 
 STAGES = (('loading', 'start -> runtime chosen'), ('vision model loaded', 'vision model'),
           ('decoder layers loaded: {n}/{n}', 'decoder layers'), ('model ready', 'post, '
@@ -56,8 +57,7 @@ def pipeline_run(model_dir: Path, backend: str, layers: int) -> dict:
     """Stage durations (s) of one qwen-vl-describe start."""
     env = dict(os.environ)
     if backend == 'axengine':
-        env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(EMULATION),
-                                                          env.get('PYTHONPATH')]))
+        env = npu_stub_env()
     marks = [m.format(n=layers) for m, _ in STAGES]
     cmd = [sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--model-dir', str(model_dir),
            '--backend', backend, '--threads', '1', '--prompt', 'hi', '--max-new-tokens', '1']

@@ -1,21 +1,31 @@
-"""The axengine backend on an emulation of pyaxengine (test/axengine_emulation) over stand-ins.
+"""The axengine backend on AXERA's own pyaxengine, every release, over stub NPU libraries.
 
-The emulated ``axengine`` keeps pyaxengine's session internals (``_io`` buffers, CMM memory
-with separate CPU and device views, whole-buffer flushes in ``run``, bf16 I/O, exact shape and
-dtype asserts), so the pipeline's in-buffer KV cache (runtime/axengine_kv.py) runs for real here:
+Each test runs a release from ../shared/pyaxengine/ unmodified, in a subprocess whose
+environment comes from test/npu_stub/build.py (what scripts/with_npu_stub.sh uses): real cffi
+over libax_sys.so / libax_engine.so built here from C, whose CMM has a CPU and a device side and
+whose "NPU" runs the ONNX stand-ins (test/npu_stub/README.md). Fresh CMM holds garbage unless a
+test says otherwise.
 
-- in-buffer KV and the plain ``run`` fallback give the same tokens, bit for bit (both bf16);
-- both stay close to onnxruntime on the float32 stand-ins (teacher-forced logits);
-- the older load_from_model / set_runtime_context API runs the same model (host cache) and gives
-  the same tokens as the current API;
-- cache maintenance matters: skipping the row flush changes the answer (the emulation would
-  catch a missing flush), and the in-buffer path moves far fewer bytes.
+- the matrix: token parity with transformers for an image, a 4-frame video and a chunked
+  prefill build under 0.1.2rc0, 0.1.3rc0 and 0.1.3.rc3, in-buffer KV on and off; the older
+  0.1.0rc1 / 0.1.1rc0 refused at load in one line; the older load_from_model wheel (its
+  compiled runner replaced by test/npu_stub/legacy_runner.py) on the host cache;
+- the failures a board would show, each with the case that exposes it: garbage, NaN and 0x5A
+  CMM under the in-buffer cache, output views (video), pyaxengine's prints on stdout
+  (--json, --bag), a driver that refuses interior flushes, a tuple of providers, a KV object
+  outliving its session, layer outputs in another order or missing (these two on onnxruntime);
+- on bf16 I/O (as compiled for the board): in-buffer equals plain run, moves far fewer bytes,
+  a missing row flush changes the answer, the last KV row is used the same way.
 
-The emulation is put on sys.path only inside these tests and removed afterwards: ``auto``
-backend selection picks axengine whenever ``import axengine`` works.
+Parity runs pack the models with float32 I/O (the NPU stub then computes exactly what
+onnxruntime does); the bf16 runs check the bf16 path against itself.
 """
 
+import importlib.util
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,157 +33,268 @@ import numpy as np
 import pytest
 
 pytest.importorskip('torch', reason='the tiny stand-ins are exported with torch')
+hf = pytest.importorskip('hf_reference', reason='needs torch + transformers (the reference)')
 
-from qwen_vl_ros.vlm import GenerationOptions, Pipeline  # noqa: E402
-from qwen_vl_ros.vlm.errors import RuntimeFailure  # noqa: E402
-from qwen_vl_ros.vlm.runtime import axengine_kv  # noqa: E402
+from qwen_vl_ros.vlm import ModelDirError, Pipeline  # noqa: E402
 
-EMULATION = Path(__file__).resolve().parent / 'axengine_emulation'
-CHUNKED = {'image_size': (112, 112), 'prefill_len': 16, 'histories': (16, 48, 80)}
+HERE = Path(__file__).resolve().parent
+STUB = HERE / 'npu_stub'
+PYAX = Path(__file__).resolve().parents[2] / 'shared' / 'pyaxengine'
+CURRENT = 'pyaxengine-0.1.3.rc3'
+SHAPE_GROUP_RELEASES = ['pyaxengine-0.1.2rc0', 'pyaxengine-0.1.3rc0', CURRENT]
+OLD_RELEASES = ['pyaxengine-0.1.0rc1', 'pyaxengine-0.1.1rc0']
+LEGACY = 'axengine-legacy-0.2.0a0'
 PROMPT = 'Describe this image.'
-GREEDY = GenerationOptions(max_new_tokens=24, greedy=True)
+N = 24
+
+IMAGE = {'frames': [[448, 448, 1]], 'prompt': PROMPT, 'n': N}
+VIDEO = {'frames': [[112, 168, 10 + s] for s in range(4)], 'prompt': 'What happens?', 'n': N,
+         'second_per_grid_t': 2.0}
+CHUNKED_IMAGE = {'frames': [[112, 112, 3]], 'prompt': PROMPT, 'n': N}
+VIDEO_EXPORT = {'image_size': (112, 168)}
+CHUNKED_EXPORT = {'image_size': (112, 112), 'prefill_len': 16, 'histories': (16, 32, 48, 64)}
 
 
-def frame(h, w, seed=0):
-    """Make a random RGB frame."""
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+def tarball(release: str) -> Path:
+    """Return the release's tarball; skip with the reason where ../shared is absent."""
+    path = PYAX / f'{release}.tar.gz'
+    if not path.exists():
+        pytest.skip(f'{path} is absent: AXERA\'s pyaxengine releases live in ../shared '
+                    '(not in a clone of this repository)')
+    return path
 
 
-def _drop_axengine():
-    for name in [n for n in sys.modules if n == 'axengine' or n.startswith('axengine.')]:
-        del sys.modules[name]
+def _build_module():
+    spec = importlib.util.spec_from_file_location('npu_stub_build', STUB / 'build.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture
-def emulated(monkeypatch):
-    """Make ``import axengine`` give the emulation; ``emulated('legacy')`` for the older API."""
-    monkeypatch.syspath_prepend(str(EMULATION))
+def stub_env(release: str, **extra) -> dict:
+    """Environment running ``release`` over the stub NPU (built once per source hash)."""
+    env = _build_module().stub_env(tarball(release))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
-    def use(api='current'):
-        monkeypatch.setenv('AXENGINE_EMULATION_API', api)
-        _drop_axengine()
-        import axengine
-        return axengine
 
-    yield use
-    _drop_axengine()
+def drive(release: str, spec: dict, tmp_path, **env) -> dict:
+    """Run test/npu_stub/drive.py under ``release``; return its JSON result."""
+    spec_path, out_path = tmp_path / 'spec.json', tmp_path / 'out.json'
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, str(STUB / 'drive.py'), str(spec_path),
+                           str(out_path)], env=stub_env(release, **env), capture_output=True,
+                          text=True, timeout=600)
+    assert out_path.exists(), proc.stderr[-3000:]
+    out = json.loads(out_path.read_text())
+    out['stderr'] = proc.stderr
+    return out
 
 
 @pytest.fixture(scope='module')
 def packed(tmp_path_factory):
-    """Pack an ONNX stand-in directory into an emulated axmodel directory (once per dir)."""
-    sys.path.insert(0, str(EMULATION))
+    """Pack an ONNX stand-in directory for the stub NPU (once per directory and I/O type)."""
+    sys.path.insert(0, str(STUB / 'python'))
     try:
         from axmodel_pack import pack_model_dir
     finally:
-        sys.path.remove(str(EMULATION))
+        sys.path.remove(str(STUB / 'python'))
     cache = {}
 
-    def pack(onnx_dir):
-        if onnx_dir not in cache:
-            cache[onnx_dir] = pack_model_dir(onnx_dir, tmp_path_factory.mktemp('axmodel'))
-        return str(cache[onnx_dir])
+    def pack(onnx_dir, float_io='float32'):
+        key = (str(onnx_dir), float_io)
+        if key not in cache:
+            cache[key] = str(pack_model_dir(onnx_dir, tmp_path_factory.mktemp('axmodel'),
+                                            float_io))
+        return cache[key]
 
     return pack
 
 
-def load(model_dir, in_buffer=True, backend='axengine'):
-    """Load a pipeline with the in-buffer KV cache on or off."""
-    old = os.environ.get(axengine_kv.ENV_SWITCH)
-    os.environ[axengine_kv.ENV_SWITCH] = '1' if in_buffer else '0'
-    try:
-        return Pipeline.load(model_dir, backend=backend, threads=1, progress=lambda m: None)
-    finally:
-        if old is None:
-            os.environ.pop(axengine_kv.ENV_SWITCH)
-        else:
-            os.environ[axengine_kv.ENV_SWITCH] = old
+@pytest.fixture(scope='module')
+def reference(tiny_hf_dir):
+    """Give transformers' greedy tokens for a case (cached), checked free of near-ties."""
+    cache = {}
+
+    def tokens(case):
+        key = json.dumps(case, sort_keys=True)
+        if key not in cache:
+            frames = [np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8)
+                      for h, w, s in case['frames']]
+            ref, logits, _ = hf.generate(str(tiny_hf_dir), frames, case['prompt'], case['n'],
+                                         case.get('second_per_grid_t', 1.0))
+            assert hf.min_top2_gap(logits) > 1e-3
+            cache[key] = ref
+        return cache[key]
+
+    return tokens
 
 
-def requests(size):
-    """Several requests in a row: image, text only, another image, the first image again."""
-    return [([frame(*size, seed=1)], PROMPT), ([], 'Say hello.'),
-            ([frame(*size, seed=2)], 'What is in it?'), ([frame(*size, seed=1)], PROMPT)]
+@pytest.fixture(scope='module')
+def models(tiny_onnx_dir, export_variant, packed):
+    """Pack the matrix's three builds with float32 I/O: (model dir, case) by name."""
+    return {'image': (packed(tiny_onnx_dir), IMAGE),
+            'video': (packed(export_variant(**VIDEO_EXPORT)), VIDEO),
+            'chunked': (packed(export_variant(**CHUNKED_EXPORT)), CHUNKED_IMAGE)}
 
 
-def run_all(pipe, size):
-    return [pipe.describe(frames, prompt, GREEDY).token_ids for frames, prompt in requests(size)]
+@pytest.mark.parametrize('release', SHAPE_GROUP_RELEASES)
+def test_matrix_token_parity_with_transformers(release, models, reference, tmp_path):
+    jobs = [{'model_dir': model_dir, 'cases': [case], 'in_buffer': [True, False]}
+            for model_dir, case in models.values()]
+    out = drive(release, {'jobs': jobs}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    jobs = dict(zip(models, out['jobs']))
+    for name, runs in jobs.items():  # plain run first: output views break the video here
+        assert runs['0']['tokens'] == [reference(models[name][1])], (name, 'plain run')
+    for name, runs in jobs.items():  # garbage in fresh CMM breaks the in-buffer cache here
+        assert runs['1']['kv'] and not runs['0']['kv'], name
+        assert runs['1']['tokens'] == [reference(models[name][1])], (name, 'in-buffer KV')
 
 
-@pytest.mark.parametrize('variant', ['single', 'chunked'])
-def test_in_buffer_kv_equals_plain_run(variant, export_variant, packed, emulated):
-    axengine = emulated('current')
-    options = CHUNKED if variant == 'chunked' else {}
-    size = options.get('image_size', (448, 448))
-    ax_dir = packed(export_variant(**options))
-    fast, plain = load(ax_dir, in_buffer=True), load(ax_dir, in_buffer=False)
-    assert fast.decoder.kv is not None and plain.decoder.kv is None
-    assert not fast.decoder.k_cache  # no host cache when the cache lives in the buffers
-
-    stats = axengine.EMULATION_STATS
-    stats.reset()
-    fast_tokens = run_all(fast, size)
-    fast_bytes = stats.flush_bytes + stats.invalidate_bytes
-    stats.reset()
-    plain_tokens = run_all(plain, size)
-    plain_bytes = stats.flush_bytes + stats.invalidate_bytes
-
-    assert fast_tokens == plain_tokens
-    assert fast_tokens[0] == fast_tokens[3]  # a stale cache from earlier requests never leaks
-    assert fast_bytes * 5 < plain_bytes
+def test_in_buffer_kv_whatever_fresh_cmm_holds(models, reference, tmp_path):
+    model_dir, case = models['image']
+    fills = ['nan', '5a', 'zero']
+    jobs = [{'model_dir': model_dir, 'cases': [case], 'env': {'AX_STUB_CMM_FILL': fill}}
+            for fill in fills]
+    out = drive(CURRENT, {'jobs': jobs}, tmp_path)
+    assert out['error'] is None, out['error']
+    for fill, runs in zip(fills, out['jobs']):
+        assert runs['1']['kv'], fill
+        assert runs['1']['tokens'] == [reference(case)], fill
 
 
-def test_both_paths_close_to_onnxruntime(tiny_onnx_dir, packed, emulated):
-    emulated('current')
-    ax_dir = packed(tiny_onnx_dir)
-    ref = load(str(tiny_onnx_dir), backend='onnxruntime')
-    img = [frame(448, 448, seed=3)]
-    tokens = ref.describe(img, PROMPT, GREEDY).token_ids
-    want = ref.score(img, PROMPT, tokens)
-    for in_buffer in (True, False):
-        got = load(ax_dir, in_buffer=in_buffer).score(img, PROMPT, tokens)
-        # bf16 activations and caches against float32: close, and the same choices
-        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9999
-        assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
-        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+@pytest.mark.parametrize('release', OLD_RELEASES)
+def test_release_without_shape_group_refused_at_load(release, models, tmp_path):
+    out = drive(release, {'model_dir': models['image'][0], 'cases': [IMAGE]}, tmp_path)
+    err = out['error'] or ''
+    assert err.startswith('ModelDirError') and '\n' not in err, err
+    assert release in err and 'shape_group' in err and '0.1.2rc0 or newer' in err
 
 
-def test_kv_length_edge_in_buffer(export_variant, packed, emulated):
-    emulated('current')
-    ax_dir = packed(export_variant(image_size=(112, 112), prefill_len=48, kv_len=56))
-    opts = GenerationOptions(max_new_tokens=100, greedy=True)
-    fast = load(ax_dir).describe([], 'hi', opts)
-    plain = load(ax_dir, in_buffer=False).describe([], 'hi', opts)
-    assert fast.token_ids == plain.token_ids
-    assert fast.prompt_tokens + len(fast.token_ids) == 56 + 1  # the last cache row was used
+def test_legacy_wheel_runs_on_the_host_cache(bf16_runs, tmp_path):
+    spec, current = bf16_runs
+    out = drive(LEGACY, dict(spec, in_buffer=[True]), tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    assert out['runs']['1']['kv'] is False  # its buffers are compiled code: whole caches fed
+    assert out['runs']['1']['tokens'] == current['1']['tokens']
 
 
-def test_legacy_api_runs_with_host_cache_and_same_tokens(tiny_onnx_dir, packed, emulated):
-    ax_dir = packed(tiny_onnx_dir)
-    emulated('current')
-    current = run_all(load(ax_dir, in_buffer=True), (448, 448))
-    axengine = emulated('legacy')
-    assert hasattr(axengine.InferenceSession, 'load_from_model')
-    legacy = load(ax_dir)
-    assert type(legacy.decoder.layers[0]).__name__ == 'LegacyAxSession'
-    assert legacy.decoder.kv is None  # its buffers are compiled code: plain run, whole caches
-    assert run_all(legacy, (448, 448)) == current
+def test_driver_refusing_interior_flush_falls_back_to_plain_run(models, reference, tmp_path):
+    model_dir, case = models['chunked']
+    out = drive(CURRENT, {'model_dir': model_dir, 'cases': [case]}, tmp_path,
+                AX_STUB_CMM_STRICT=1)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    assert out['runs']['1']['kv'] is False
+    assert out['runs']['1']['tokens'] == [reference(case)]
+    assert 'refuses a flush inside a buffer' in out['stderr']
 
 
-def test_missing_flush_is_caught_by_the_emulation(tiny_onnx_dir, packed, emulated, monkeypatch):
-    emulated('current')
-    ax_dir = packed(tiny_onnx_dir)
-    img = [frame(448, 448, seed=1)]
-    good = load(ax_dir).describe(img, PROMPT, GREEDY).token_ids
-    # Rows written but never flushed: the emulated NPU keeps reading zeros for the cache.
-    monkeypatch.setattr(axengine_kv.InBufferKV, '_flush_rows', lambda self, row, count: None)
-    assert load(ax_dir).describe(img, PROMPT, GREEDY).token_ids != good
+def test_tuple_of_providers_accepted(models, reference, tmp_path):
+    model_dir, case = models['image']
+    out = drive(CURRENT, {'model_dir': model_dir, 'cases': [dict(case, n=4)],
+                          'providers': ['AxEngineExecutionProvider'], 'providers_tuple': True},
+                tmp_path)
+    assert out['error'] is None, out['error']
+    assert out['runs']['1']['tokens'] == [reference(case)[:4]]
 
 
-def test_fallbacks_and_checks(tiny_onnx_dir, packed, emulated, monkeypatch):
-    emulated('current')
-    ax_dir = packed(tiny_onnx_dir)
-    assert load(str(tiny_onnx_dir), backend='onnxruntime').decoder.kv is None
+def test_kv_cache_keeps_its_session_alive(models, tmp_path):
+    out = drive(CURRENT, {'model_dir': models['image'][0], 'action': 'keepalive'}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    assert out['keepalive'] == 'same'
+
+
+def test_cli_json_stdout_stays_clean(models, reference, tmp_path):
+    import cv2
+    model_dir, case = models['image']
+    h, w, seed = case['frames'][0]
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'f.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    proc = subprocess.run(
+        [str(HERE.parent / 'scripts' / 'with_npu_stub.sh'), str(tarball(CURRENT)), '--',
+         sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--backend', 'axengine',
+         '--model-dir', model_dir, '--image', str(tmp_path / 'f.png'), '--max-new-tokens', '6',
+         '--greedy', '--repetition-penalty', '1.0', '--json'],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)['token_ids'] == reference(case)[:6]
+    assert '[INFO] Using provider' in proc.stderr  # pyaxengine's prints: in the log
+
+
+def test_cli_bag_jsonl_on_stdout_stays_clean(models, tmp_path):
+    from qwen_vl_ros.bagtools import write_camera_bag
+    write_camera_bag(tmp_path / 'bag', frames=3, fps=1.0, width=64, height=48)
+    proc = subprocess.run(
+        [str(HERE.parent / 'scripts' / 'with_npu_stub.sh'), str(tarball(CURRENT)), '--',
+         sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--backend', 'axengine',
+         '--model-dir', models['image'][0], '--bag', str(tmp_path / 'bag'), '--every', '0',
+         '--max-new-tokens', '3', '--greedy'],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [len(d['token_ids']) for d in lines] == [3, 3, 3]
+
+
+def _bf16_cases(size):
+    return [{'frames': [size + [1]], 'prompt': PROMPT, 'n': N},
+            {'frames': [], 'prompt': 'Say hello.', 'n': N},
+            {'frames': [size + [2]], 'prompt': 'What is in it?', 'n': N},
+            {'frames': [size + [1]], 'prompt': PROMPT, 'n': N}]
+
+
+@pytest.fixture(scope='module')
+def bf16_runs(tiny_onnx_dir, packed, tmp_path_factory):
+    """Run the current release on bf16 I/O, in-buffer and plain: (spec, its runs)."""
+    spec = {'model_dir': packed(tiny_onnx_dir, 'bfloat16'), 'cases': _bf16_cases([448, 448]),
+            'in_buffer': [True, False]}
+    out = drive(CURRENT, spec, tmp_path_factory.mktemp('bf16'))
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    return spec, out['runs']
+
+
+def _check_in_buffer_equals_plain(runs):
+    fast, plain = runs['1'], runs['0']
+    assert fast['kv'] and not plain['kv']
+    assert fast['tokens'] == plain['tokens']
+    assert fast['tokens'][0] == fast['tokens'][3]  # a stale cache never leaks
+    moved = {k: r['flush_bytes'] + r['invalidate_bytes'] for k, r in (('f', fast), ('p', plain))}
+    assert moved['f'] * 5 < moved['p']
+
+
+def test_bf16_in_buffer_equals_plain_run(bf16_runs):
+    """On bf16 I/O: same tokens both ways, a stale cache never leaks, far fewer bytes moved."""
+    _check_in_buffer_equals_plain(bf16_runs[1])
+
+
+def test_bf16_chunked_in_buffer_equals_plain_and_missing_flush_shows(export_variant, packed,
+                                                                     tmp_path):
+    model_dir = packed(export_variant(**CHUNKED_EXPORT), 'bfloat16')
+    jobs = [{'model_dir': model_dir, 'cases': _bf16_cases([112, 112]),
+             'in_buffer': [True, False]},
+            {'model_dir': model_dir, 'cases': _bf16_cases([112, 112])[:1],
+             'skip_row_flush': True}]
+    out = drive(CURRENT, {'jobs': jobs}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    _check_in_buffer_equals_plain(out['jobs'][0])
+    # rows written but never flushed: the NPU keeps reading zeros for them
+    assert out['jobs'][1]['1']['tokens'][0] != out['jobs'][0]['1']['tokens'][0]
+
+
+def test_kv_length_edge_in_buffer(export_variant, packed, tmp_path):
+    """The last cache row is used, the same way in the buffers and on the host."""
+    model_dir = packed(export_variant(image_size=(112, 112), prefill_len=48, kv_len=56),
+                       'bfloat16')
+    out = drive(CURRENT, {'model_dir': model_dir, 'in_buffer': [True, False],
+                          'cases': [{'frames': [], 'prompt': 'hi', 'n': 100}]}, tmp_path)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    fast, plain = out['runs']['1'], out['runs']['0']
+    assert fast['kv'] and fast['tokens'] == plain['tokens']
+    assert fast['prompt_tokens'][0] + len(fast['tokens'][0]) == 56 + 1
+
+
+def test_fallbacks_and_checks():
+    from qwen_vl_ros.vlm.runtime import axengine_kv
 
     class NoInternals:  # e.g. the M.2 card's AXCLRT session: no _io of CMM buffers
         def get_inputs(self, shape_group=0):
@@ -181,16 +302,42 @@ def test_fallbacks_and_checks(tiny_onnx_dir, packed, emulated, monkeypatch):
 
     assert axengine_kv.InBufferKV.attach(NoInternals(), 0) is None
 
-    pipe = load(ax_dir)
-    kv = pipe.decoder.kv[0]
-    spec = {s.name: s for s in pipe.decoder.layers[0].inputs(pipe.decoder.decode_group)}
-    feed = {name: spec[name].zeros() for name in ('indices', 'input', 'mask')}
-    outs = kv.run(feed, pipe.decoder.decode_group)
-    assert [o.shape for o in outs] == [s.shape for s in
-                                       pipe.decoder.layers[0].outputs(pipe.decoder.decode_group)]
-    with pytest.raises(RuntimeFailure, match='must be'):
-        kv.run(dict(feed, mask=feed['mask'].astype(np.float32)), pipe.decoder.decode_group)
-    prefill = pipe.decoder.prefill_groups[0].group  # the first chunk's dummy cache must be fed
-    pspec = {s.name: s for s in pipe.decoder.layers[0].inputs(prefill)}
-    with pytest.raises(RuntimeFailure, match='needs inputs'):
-        kv.run({n: pspec[n].zeros() for n in ('indices', 'input', 'mask')}, prefill)
+
+def _reorder_layer_outputs(src: Path, dst: Path, keep=None) -> Path:
+    """Copy an export with every layer model's outputs reordered (or cut to ``keep``)."""
+    import onnx
+    dst.mkdir()
+    for p in src.iterdir():
+        if '_together_g' in p.name and p.suffix == '.onnx':
+            model = onnx.load(str(p), load_external_data=False)
+            outs = list(model.graph.output)
+            order = [o for o in outs if o.name == 'output'] + \
+                [o for o in outs if o.name != 'output'][::-1]
+            if keep is not None:
+                order = [o for o in order if o.name in keep]
+            del model.graph.output[:]
+            model.graph.output.extend(order)
+            onnx.save(model, str(dst / p.name))
+        elif p.name.endswith('.weights'):  # onnxruntime wants external data beside the model
+            shutil.copy(p, dst / p.name)
+        else:
+            os.symlink(p, dst / p.name)
+    return dst
+
+
+def test_layer_outputs_taken_by_name(tiny_onnx_dir, reference, tmp_path):
+    d = _reorder_layer_outputs(Path(tiny_onnx_dir), tmp_path / 'reordered')
+    pipe = Pipeline.load(str(d), backend='onnxruntime', threads=1, progress=lambda m: None)
+    assert [s.name for s in pipe.decoder.layers[0].outputs(0)][0] == 'output'
+    from qwen_vl_ros.vlm import GenerationOptions
+    frames = [np.random.default_rng(1).integers(0, 256, (448, 448, 3), dtype=np.uint8)]
+    got = pipe.describe(frames, PROMPT, GenerationOptions(max_new_tokens=N, greedy=True,
+                                                          repetition_penalty=1.0))
+    assert got.token_ids == reference(IMAGE)
+
+
+def test_layer_without_a_contract_output_refused_at_load(tiny_onnx_dir, tmp_path):
+    d = _reorder_layer_outputs(Path(tiny_onnx_dir), tmp_path / 'cut',
+                               keep=('output', 'K_cache_out'))
+    with pytest.raises(ModelDirError, match=r"lacks outputs \['V_cache_out'\]"):
+        Pipeline.load(str(d), backend='onnxruntime', threads=1, progress=lambda m: None)

@@ -21,6 +21,7 @@ from .runtime import Session
 
 BLOCKED = -65536.0  # additive mask value the compiled models were built with (exact in bf16)
 LAYER_INPUTS = ('K_cache', 'V_cache', 'indices', 'input', 'mask')
+LAYER_OUTPUTS = ('K_cache_out', 'V_cache_out', 'output')  # taken by name, any order
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ class DecoderStack:
         missing = set(LAYER_INPUTS) - set(spec)
         if missing:
             raise ModelDirError(f'{first.path}: decoder layer lacks inputs {sorted(missing)}')
+        # Outputs by name: a model may order them otherwise (a positional unpack would give a
+        # broadcast error, or silent garbage when the hidden size equals the KV width).
+        self._out_at = {}
+        for g in first.groups:
+            names = [s.name for s in first.outputs(g)]
+            lacking = [n for n in LAYER_OUTPUTS if n not in names]
+            if lacking:
+                raise ModelDirError(f'{first.path}: decoder layer lacks outputs {lacking} in '
+                                    f'shape group {g} (it has {names}; CONTRACT.md: '
+                                    f'{", ".join(LAYER_OUTPUTS)})')
+            self._out_at[g] = [names.index(n) for n in LAYER_OUTPUTS]
         _, self.kv_len, self.kv_dim = spec['K_cache'].shape
         self.hidden = spec['input'].shape[-1]
         self.dtype = spec['input'].dtype          # embeddings and hidden states
@@ -169,7 +181,8 @@ class DecoderStack:
         """
         if self.kv is not None:
             return self.kv[i].step(feed, group, row, count)
-        k_out, v_out, x = self.layers[i].run(feed, group)
+        outs = self.layers[i].run(feed, group)
+        k_out, v_out, x = (outs[at] for at in self._out_at[group])
         self.k_cache[i][0, row:row + count] = k_out[0, :count]
         self.v_cache[i][0, row:row + count] = v_out[0, :count]
         return x

@@ -18,8 +18,9 @@ def _auto_backend(model_kind: str) -> str:
     if model_kind == 'onnx':
         log.info('backend auto: the model directory holds ONNX models, using onnxruntime')
         return 'onnxruntime'
+    from .axengine import import_axengine
     try:
-        import axengine  # noqa: F401
+        import_axengine()
     except ImportError as e:
         log.warning('backend auto: axengine does not import (%s), trying onnxruntime', e)
         return 'onnxruntime'

@@ -12,17 +12,95 @@ Two generations of pyaxengine exist on boards in the field:
 pyaxengine's ``run`` memmoves every fed input into the session's persistent CMM input buffer
 and flushes it, then copies every output out (axengine/_axe.py). Feeding a whole (1, 1023, 256)
 KV cache therefore costs a copy per layer per token on this runtime, unlike onnxruntime.
+
+What differs between AXERA's releases (../shared/pyaxengine/README.md), handled here without
+reading version strings (releases 0.1.2rc0, 0.1.3rc0 and 0.1.3.rc3 all call themselves 0.1.3):
+
+- 0.1.2rc0 and 0.1.3rc0 return outputs as views into the session's reused CMM output buffer:
+  any output that does not own its data is copied before the next run overwrites it;
+- 0.1.0rc1 and 0.1.1rc0 have no ``shape_group`` in ``run()`` and always run group 0: a model
+  with several shape groups is refused at load, in one line naming the release and the minimum;
+- every release prints ``[INFO]`` lines on stdout at import and per session: they go to the
+  log instead (fd 1 is redirected while pyaxengine is imported and sessions are created);
+- ``providers`` must be a str or a list (a tuple is refused): any sequence is passed as a list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
+import os
 import re
+import sys
+import tempfile
 
 import ml_dtypes
 import numpy as np
 
 from ..errors import ModelDirError, RuntimeFailure
 from .base import Runtime, Session, TensorSpec
+
+log = logging.getLogger('qwen_vl_ros')
+MIN_SHAPE_GROUP_RELEASE = '0.1.2rc0'  # the first pyaxengine whose run() takes shape_group
+
+
+@contextlib.contextmanager
+def prints_to_log():
+    """Send what is written to stdout (fd 1, Python and C alike) to the log while inside.
+
+    pyaxengine prints ``[INFO]`` lines at import and for each session; on stdout they would
+    break ``qwen-vl-describe --json`` and every other machine-read output. Each captured line is
+    logged at INFO. The redirection is process-wide: use it only around pyaxengine calls.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all (a daemon): nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile(mode='w+b') as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode('utf-8', 'replace').splitlines():
+                if line.strip():
+                    log.info('pyaxengine: %s', line.rstrip())
+
+
+def import_axengine():
+    """``import axengine`` with its prints sent to the log; ImportError as pyaxengine raises it."""
+    with prints_to_log():
+        import axengine
+    return axengine
+
+
+def _release(axengine) -> str:
+    """Name the installed pyaxengine as well as it can: version and location."""
+    try:
+        from importlib.metadata import version
+        ver = version('axengine')
+    except Exception:  # noqa: BLE001 (not installed by pip: unpacked on sys.path)
+        ver = 'release unknown'
+    where = os.path.dirname(os.path.dirname(os.path.abspath(axengine.__file__)))
+    return f'pyaxengine {ver} at {where}'
+
+
+def _provider_list(providers):
+    """Give providers as pyaxengine takes them: a str or a list (it refuses a tuple)."""
+    if providers is None or isinstance(providers, str):
+        return providers
+    return list(providers)
+
+
+def _own(arrays) -> list:
+    """Copy every output that does not own its data (a view into a reused CMM buffer)."""
+    return [a if a.flags.owndata else a.copy() for a in arrays]
 
 
 def _dtype(d) -> np.dtype:
@@ -66,14 +144,21 @@ class AxSession(_SpecTableSession):
     """A model on the current pyaxengine API (shape groups, checked feeds)."""
 
     def __init__(self, path: str, providers, provider_options):
-        import axengine
+        axengine = import_axengine()
         self.path = path
         try:
-            self._sess = axengine.InferenceSession(
-                path, providers=providers, provider_options=provider_options)
+            with prints_to_log():
+                self._sess = axengine.InferenceSession(
+                    path, providers=_provider_list(providers), provider_options=provider_options)
         except Exception as e:  # pyaxengine raises plain RuntimeError/ValueError/...
             raise ModelDirError(f'axengine cannot load {path}: {e}') from e
         self.groups = _probe_groups(self._sess)
+        if len(self.groups) > 1 and \
+                'shape_group' not in inspect.signature(self._sess.run).parameters:
+            raise ModelDirError(
+                f'{_release(axengine)} cannot run {os.path.basename(path)}: its run() has no '
+                f'shape_group (it always runs group 0) and the model has {len(self.groups)} shape '
+                f'groups; pyaxengine {MIN_SHAPE_GROUP_RELEASE} or newer is needed')
         self._in = {g: _specs(self._sess.get_inputs(shape_group=g)) for g in self.groups}
         self._out = {g: _specs(self._sess.get_outputs(shape_group=g)) for g in self.groups}
 
@@ -83,9 +168,11 @@ class AxSession(_SpecTableSession):
         return InBufferKV.attach(self._sess, decode_group)
 
     def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
-        """Run a group; pyaxengine copies inputs in and outputs out."""
+        """Run a group; every output returned owns its data (older releases give views)."""
         try:
-            return self._sess.run(None, feed, shape_group=group)
+            if len(self.groups) > 1:
+                return _own(self._sess.run(None, feed, shape_group=group))
+            return _own(self._sess.run(None, feed))
         except Exception as e:
             raise RuntimeFailure(f'axengine failed on {self.path} group {group}: {e}') from e
 
@@ -94,10 +181,11 @@ class LegacyAxSession(_SpecTableSession):
     """A model on the older pyaxengine API: names only, shapes from the axmodel contract."""
 
     def __init__(self, path: str, specs: dict, out_specs: dict):
-        import axengine
+        axengine = import_axengine()
         self.path = path
         try:
-            self._sess = axengine.InferenceSession.load_from_model(path)
+            with prints_to_log():
+                self._sess = axengine.InferenceSession.load_from_model(path)
         except Exception as e:
             raise ModelDirError(f'axengine cannot load {path}: {e}') from e
         # The demo's wheel has get_input_names(); another old wheel has get_inputs() -> names.
@@ -106,7 +194,10 @@ class LegacyAxSession(_SpecTableSession):
         # The contract's input order; the runtime's own names win where it reports them.
         self._in = {g: [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, specs[g])]
                     if len(names) == len(specs[g]) else specs[g] for g in specs}
-        self._out = out_specs
+        # Outputs likewise: the runner's names (its order) where it reports them.
+        out_names = list(getattr(self._sess, 'get_output_names', lambda: [])())
+        self._out = {g: [TensorSpec(n, s.shape, s.dtype) for n, s in zip(out_names, out_specs[g])]
+                     if len(out_names) == len(out_specs[g]) else out_specs[g] for g in out_specs}
         self.groups = tuple(sorted(specs))
         self._group = None
 
@@ -120,7 +211,7 @@ class LegacyAxSession(_SpecTableSession):
         except Exception as e:
             raise RuntimeFailure(f'axengine failed on {self.path} group {group}: {e}') from e
         # Some releases return a dict keyed by output name, others a list.
-        return list(out.values()) if isinstance(out, dict) else list(out)
+        return _own(out.values() if isinstance(out, dict) else out)
 
 
 def _legacy_layer_specs(path: str, hidden: int, kv_dim: int, kv_len: int):
@@ -173,7 +264,7 @@ class AxEngineRuntime(Runtime):
     name = 'axengine'
 
     def __init__(self, providers=None, provider_options=None):
-        import axengine  # raises ImportError ("No providers found") without NPU libraries
+        axengine = import_axengine()  # ImportError ("No providers found") without NPU libraries
         self.legacy = hasattr(axengine.InferenceSession, 'load_from_model')
         self.providers = providers
         self.provider_options = provider_options

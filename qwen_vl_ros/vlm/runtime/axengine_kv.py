@@ -23,8 +23,21 @@ decode group's (1, L, kv) in the same buffer, so one buffer holds the cache for 
 chunked prefill alike (a group whose ``K_cache`` is not such a prefix, e.g. the first chunk's
 dummy, gets it fed like any other input: it lands on the first rows, which that chunk then
 writes anew). Inputs are written at offset 0 and only their own bytes flushed; outputs are
-invalidated over their own bytes only. Rows past the current request's are stale, never zeroed:
-the masks block them, as with the host cache.
+invalidated over their own bytes only.
+
+At attach, and only then:
+
+- the K and V buffers are zeroed and flushed whole. pyaxengine never zeroes its CMM buffers
+  (``AX_SYS_MemAllocCached``), and the additive -65536 mask does not cancel NaN, Inf or large
+  garbage in a never-written row (bf16 0x5A5A is ~1.5e16); AXERA's C++ runner memsets every
+  buffer it allocates (ax-llm, src/runner/ax_model_runner/ax_model_runner_ax650.cpp,
+  ``prepare_io_with_alloc``). Rows from earlier requests are finite and stay: the masks block them;
+- one flush of an interior range (a cache line at row 1) is tried: no AXERA code flushes at
+  phy + offset as ``step`` does, so a driver that refuses it gets the plain ``run`` (attach
+  returns None, the reason logged) instead of every request failing.
+
+The object keeps the pyaxengine session it was attached to: the handle, context and IO buffers
+it uses belong to that session and die with it.
 
 Anything else (the M.2 card's AXCLRT provider, the older ``load_from_model`` wheel, a pyaxengine
 whose internals differ) gets no in-buffer cache: ``attach`` returns None, with the reason in the
@@ -44,6 +57,7 @@ from ..errors import RuntimeFailure
 
 log = logging.getLogger('qwen_vl_ros')
 ENV_SWITCH = 'QWEN_VL_KV_IN_BUFFER'
+LAYER_OUTPUTS = ('K_cache_out', 'V_cache_out', 'output')  # CONTRACT.md, taken by name
 CACHE_LINE = 64  # flush / invalidate whole cache lines (Cortex-A55)
 
 
@@ -93,11 +107,12 @@ class InBufferKV:
     ``step(feed, group, row, count)`` runs a shape group with ``K_cache``/``V_cache`` taken
     from the buffers when the feed leaves them out (they must be fed for a group whose cache
     input is not a prefix, i.e. the first chunk's dummy), stores the new K/V rows at cache rows
-    [row, row + count) and returns the hidden output. Outputs are the contract's, in order:
-    ``K_cache_out``, ``V_cache_out``, ``output``.
+    [row, row + count) and returns the hidden output. Outputs are taken by name (CONTRACT.md):
+    ``K_cache_out``, ``V_cache_out``, ``output``, in whatever order the model has them.
     """
 
-    def __init__(self, inner, ffi, elib, slib, decode_group: int):
+    def __init__(self, session, inner, ffi, elib, slib, decode_group: int):
+        self._session = session  # owns the handle, context and buffers used below
         self._ffi, self._slib = ffi, slib
         self._handle, self._context, self._io = inner._handle, inner._context, inner._io
         self._multi = inner._shape_count > 1
@@ -124,6 +139,12 @@ class InBufferKV:
         self._k = self._rows(self._in[k_at])
         self._v = self._rows(self._in[v_at])
         self._k_at, self._v_at = k_at, v_at
+        out_names = [a.name for a in outs[decode_group]]
+        missing = [n for n in LAYER_OUTPUTS if n not in out_names]
+        if missing or any([a.name for a in outs[g]] != out_names for g in groups):
+            raise ValueError(f'layer outputs {out_names} lack {missing} or differ by group')
+        self._out_at = [out_names.index(n) for n in LAYER_OUTPUTS]
+        self._zero_and_probe(k_at, v_at)
         # Per group: for each input, a typed view of its buffer and the flush arguments of
         # exactly its bytes; for each output, the same for invalidating and copying out.
         self._groups = {}
@@ -134,6 +155,24 @@ class InBufferKV:
             feeds = {a.name: self._slot(self._in[i], a) for i, a in enumerate(ins[g])}
             results = [self._slot(self._out[i], a) for i, a in enumerate(outs[g])]
             self._groups[g] = (feeds, results, prefix)
+
+    def _zero_and_probe(self, k_at: int, v_at: int) -> None:
+        """Zero and flush the K/V buffers whole; try one interior flush (see the module doc)."""
+        flush = self._slib.AX_SYS_MflushCache
+        for at in (k_at, v_at):
+            buf = self._in[at]
+            buf.view[:] = 0
+            if flush(buf.phy, self._ffi.cast('void *', buf.vir), buf.size) != 0:
+                raise RuntimeFailure(f'the driver refuses to flush a whole K/V buffer '
+                                     f'(0x{buf.phy:x}+{buf.size})')
+        buf = self._in[k_at]
+        at = -(-self.row_bytes // CACHE_LINE) * CACHE_LINE
+        if at + CACHE_LINE <= buf.size:
+            ret = flush(buf.phy + at, self._ffi.cast('void *', buf.vir + at), CACHE_LINE)
+            if ret != 0:
+                raise RuntimeFailure(f'the driver refuses a flush inside a buffer '
+                                     f'(AX_SYS_MflushCache at +{at} returned {ret}), which '
+                                     f'writing one cache row per step needs')
 
     def _slot(self, buf: _Buffer, arg) -> tuple:
         """(typed view of the tensor at offset 0, phy, vir pointer, bytes to sync) of one I/O."""
@@ -159,7 +198,7 @@ class InBufferKV:
             log.info('KV cache on the host (whole caches fed per step): %s', native)
             return None
         try:
-            return cls(*native, decode_group)
+            return cls(session, *native, decode_group)
         except Exception as e:  # noqa: BLE001 (any surprise in the internals: use plain run)
             log.warning('KV cache on the host (whole caches fed per step): %s: %s',
                         type(e).__name__, e)
@@ -219,7 +258,8 @@ class InBufferKV:
         [row, row + count) (written and flushed, nothing else moves); returns a copy of the
         hidden ``output``.
         """
-        k_out, v_out, out = self._execute(feed, group)
+        outs = self._execute(feed, group)
+        k_out, v_out, out = (outs[i] for i in self._out_at)
         self._k[row:row + count] = k_out[0, :count]
         self._v[row:row + count] = v_out[0, :count]
         self._flush_rows(row, count)

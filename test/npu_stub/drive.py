@@ -1,0 +1,101 @@
+"""Test driver run inside scripts/with_npu_stub.sh's environment (a real pyaxengine release).
+
+    python drive.py SPEC.json OUT.json
+
+SPEC: {"action": "describe" | "keepalive", "jobs": [JOB, ...]}  (or one JOB's fields inline)
+JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str, "n": int,
+                                    "second_per_grid_t": float}, ...],
+       "in_buffer": [true, false], "env": {NAME: value} (set before loading, e.g.
+       AX_STUB_CMM_FILL), "providers": null | [...], "providers_tuple": bool,
+       "skip_row_flush": bool}
+OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "prompt_tokens": [...],
+       "kv": bool, "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
+       "keepalive": str}
+
+Frames are random RGB images from numpy's default_rng(seed), as the tests make them.
+"""
+
+import gc
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def frame(h, w, seed):
+    """Make the tests' random RGB frame."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def describe(spec, out):
+    for job in spec.get('jobs', [spec]):
+        out['runs'] = {}
+        out['jobs'].append(out['runs'])
+        _describe(job, out)
+
+
+def _describe(spec, out):
+    from qwen_vl_ros.vlm import GenerationOptions, Pipeline
+    from qwen_vl_ros.vlm.runtime import axengine_kv
+
+    import npu_host
+    os.environ.update(spec.get('env', {}))  # libax_sys reads AX_STUB_* at each call
+    if spec.get('skip_row_flush'):  # what a missing flush does to the answer
+        axengine_kv.InBufferKV._flush_rows = lambda self, row, count: None
+    providers = spec.get('providers')
+    if providers and spec.get('providers_tuple'):
+        providers = tuple(providers)
+    for in_buffer in spec.get('in_buffer', [True]):
+        os.environ[axengine_kv.ENV_SWITCH] = '1' if in_buffer else '0'
+        pipe = Pipeline.load(spec['model_dir'], backend='axengine', providers=providers,
+                             threads=1, progress=lambda m: None)
+        npu_host.STATS.reset()
+        tokens, prompts = [], []
+        for case in spec['cases']:
+            opts = GenerationOptions(max_new_tokens=case.get('n', 24), greedy=True,
+                                     repetition_penalty=1.0,
+                                     second_per_grid_t=case.get('second_per_grid_t', 1.0))
+            frames = [frame(*f) for f in case['frames']]
+            result = pipe.describe(frames, case['prompt'], opts)
+            tokens.append(result.token_ids)
+            prompts.append(result.prompt_tokens)
+        out['runs'][str(int(in_buffer))] = dict(tokens=tokens, prompt_tokens=prompts,
+                                                kv=pipe.decoder.kv is not None,
+                                                **npu_host.cache_stats())
+
+
+def keepalive(spec, out):
+    """Check that a layer's in-buffer cache outlives the session object's last name."""
+    from qwen_vl_ros.vlm.runtime.axengine import AxSession
+
+    path = sorted(p for p in os.listdir(spec['model_dir']) if '_l0_' in p)[0]
+    sess = AxSession(os.path.join(spec['model_dir'], path), None, None)
+    decode = next(g for g in sess.groups
+                  if int(np.prod(sess.input('indices', g).shape)) == 1)
+    feed = {s.name: s.zeros() for s in sess.inputs(decode) if s.name in ('indices', 'input',
+                                                                       'mask')}
+    kv = sess.kv_cache(decode)
+    want = kv.run(feed, decode)
+    del sess
+    gc.collect()
+    got = kv.run(feed, decode)
+    same = all(np.array_equal(a.view(np.uint8), b.view(np.uint8)) for a, b in zip(want, got))
+    out['keepalive'] = 'same' if same else 'different'
+
+
+def main():
+    from qwen_vl_ros.vlm.prompt import keep_torch_out
+    keep_torch_out()  # as the CLI and the node: the tokenizer without torch
+    spec = json.load(open(sys.argv[1]))
+    out = {'error': None, 'runs': {}, 'jobs': []}
+    try:
+        {'describe': describe, 'keepalive': keepalive}[spec.get('action', 'describe')](spec, out)
+    except Exception as e:  # noqa: BLE001 (reported to the test, which decides)
+        out['error'] = f'{type(e).__name__}: {e}'
+    with open(sys.argv[2], 'w') as f:
+        json.dump(out, f)
+
+
+if __name__ == '__main__':
+    main()
