@@ -316,27 +316,9 @@ class DescribeNode(Node):
             self.counters.inc('request_errors', problem)
             return _refuse(response, problem)
         job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE, constraint)
-        try:
-            self.worker.submit(job)
-        except Refused as r:
-            if r.kind == 'busy':
-                self.counters.inc('busy_replies')
-            return _refuse(response, str(r))
-        if source.from_topic:
-            self.frames.mark_described(source)
-        deadline = time.monotonic() + s.request_timeout_s
-        while not job.done.wait(0.1):
-            # bounded, and never holding an executor thread past shut-down (the executor
-            # waits for its threads; a model run cannot be interrupted)
-            if self._closing.is_set():
-                job.cancel()
-                return _refuse(response, 'shutting down')
-            if time.monotonic() > deadline:
-                job.cancel()
-                return _refuse(response, f'timeout: no answer within request_timeout_s = '
-                                         f'{s.request_timeout_s:g} s')
-        if job.error is not None:
-            return _refuse(response, error_kind(job.error)[1])
+        problem = self._submit_and_wait(job, source)
+        if problem:
+            return _refuse(response, problem)
         response.success = True
         response.message = ''
         response.description = job.result
@@ -467,6 +449,8 @@ class DescribeNode(Node):
             self.frames.mark_described(source)
         deadline = time.monotonic() + s.request_timeout_s
         while not job.done.wait(0.1):
+            # bounded, and never holding an executor thread past shut-down (the executor
+            # waits for its threads; a model run cannot be interrupted)
             if self._closing.is_set():
                 job.cancel()
                 return 'shutting down'
