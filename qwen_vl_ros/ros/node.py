@@ -141,9 +141,12 @@ class DescribeNode(Node):
 
     def _load(self):
         s = self.settings
-        return Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend, threads=s.threads,
-                             system_prompt=s.system_prompt, resize=s.resize,
-                             progress=lambda m: self.get_logger().info(m))
+        pipeline = Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend,
+                                 threads=s.threads, system_prompt=s.system_prompt,
+                                 resize=s.resize, progress=lambda m: self.get_logger().info(m))
+        if s.choices or s.json_schema or s.regex or s.mode == 'detect':
+            pipeline.grammar_tokenizer()   # the timer's typed answers: no delay at the first
+        return pipeline
 
     def _on_loaded(self, pipeline, seconds: float) -> None:
         s = self.settings
