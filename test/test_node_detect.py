@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -285,3 +286,44 @@ def test_without_vision_msgs_the_node_serves_and_says_why(tmp_path, tiny_onnx_di
     assert log.count('detections are off: the ROS package vision_msgs is not installed') == 1
     assert counters(log).get('timer_skipped_no_detect', 0) >= 1
     assert 'timer: mode detect: vision_msgs is not installed' in log
+
+
+@pytest.mark.timeout(180)
+def test_timer_typed_answers_by_parameter(tmp_path, tiny_onnx_dir):
+    """Parameters choices / json_schema / regex type the timer's answers; bad ones are refused.
+
+    ``ros2 param set`` of a bad regex is answered with llguidance's reason; [''] empties a
+    string array (``[]`` has no type in ROS parameters); a request's own fields win.
+    """
+    args = node_harness.launch_arguments(
+        model_dir=str(tiny_onnx_dir), backend='onnxruntime', threads=1, period_s=0.3,
+        max_new_tokens=12, max_image_age_s=0.0, choices=['yes', 'no'], **SAMPLED)
+    with node_harness.ready_node(args, tmp_path / 'node') as node:
+        with node_harness.service_client() as c:
+            def typed():
+                c.image_pub.publish(node_harness.image_msg(node_harness.picture(60, 80)))
+                return [m for m in c.stamped if m.trigger == 'timer']
+            timer = c.wait_until(typed, 60, 'a timer description')
+            assert all(m.text in ('yes', 'no') and list(m.choices) == ['yes', 'no'] and
+                       m.choice_index == ['yes', 'no'].index(m.text) for m in timer)
+            (bad,) = c.set_params(regex='[0-')
+            assert not bad.successful and 'unclosed character class' in bad.reason
+            (bad,) = c.set_params(json_schema='{"type": "strin"}')
+            assert not bad.successful and 'strin' in bad.reason
+            ok = c.set_params(choices=[''], regex='[0-9]{2}')
+            assert all(r.successful for r in ok)
+            n = len(c.stamped)
+
+            def regexed():
+                c.image_pub.publish(node_harness.image_msg(node_harness.picture(60, 80)))
+                return [m for m in c.stamped[n:] if m.trigger == 'timer']
+            for m in c.wait_until(regexed, 60, 'a timer description after the change'):
+                assert re.fullmatch('[0-9]{2}', m.text) and m.choice_index == -1, m.text
+            # a request's own constraint replaces the parameters'
+            req = c.describe_request('Door?', node_harness.image_msg(node_harness.picture()))
+            req.choices = ['open', 'closed']
+            done, future = c.call_async(c.describe_client, req)
+            assert done.wait(60)
+            res = future.result()
+            assert res.success and res.description.text in ('open', 'closed'), res.message
+    assert 'parameter regex' in node.output()

@@ -67,6 +67,11 @@ def test_yaml_documents_every_parameter_with_its_default():
     ('period_s', 0.0, True), ('period_s', -0.5, False),
     ('top_p', 1.0, True), ('top_p', 1.5, False),
     ('queue_size', 0, False), ('prompt', ' ', False), ('prompt', 'Is the door open?', True),
+    ('mode', 'detect', True), ('mode', 'segment', False),
+    ('choices', ('yes', 'no'), True), ('choices', ('yes', 'yes'), False), ('choices', (), True),
+    ('json_schema', '{"type": "integer"}', True), ('json_schema', '{"type": "strin"}', False),
+    ('json_schema', '{oops', False), ('json_schema', '', True),
+    ('regex', '[0-9]+', True), ('regex', '[0-', False),
 ])
 def test_checks(name, value, ok):
     assert (SPEC_BY_NAME[name].check(value) is None) == ok
