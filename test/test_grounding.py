@@ -188,3 +188,29 @@ def test_found_box_helper_sees_a_drawn_rectangle():
     img = np.zeros((20, 30, 3), np.uint8)
     cv2.rectangle(img, (3, 4), (9, 14), (255, 255, 255), -1)
     assert found_box(img) == (3, 4, 10, 15)
+
+
+def test_cli_detect_prints_boxes_in_the_image_pixels(export_variant, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    model = export_variant(image_size=(224, 224))
+    image = tmp_path / 'odd.png'
+    cv2.imwrite(str(image), np.random.default_rng(5).integers(0, 256, (97, 131, 3), np.uint8))
+    script = Path(sys.executable).parent / 'qwen-vl-describe'
+    for seed in range(4):
+        r = subprocess.run([str(script), '--model-dir', str(model), '--threads', '1',
+                            '--image', str(image), '--detect', 'cup,person', '--resize', 'crop',
+                            '--temperature', '3.0', '--top-k', '0', '--top-p', '1.0',
+                            '--seed', str(seed), '--max-new-tokens', '60'],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out['image_size'] == [131, 97] and out['text'].startswith('[')
+        for d in out['detections']:
+            x1, y1, x2, y2 = d['box']
+            assert d['label'] in ('cup', 'person') and 0 <= x1 < x2 <= 131 and 0 <= y1 < y2 <= 97
+    r = subprocess.run([str(script), '--model-dir', str(model), '--image', str(image),
+                        '--refer', ' '], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and 'labels and/or a prompt' in r.stderr
+    assert 'loading' not in r.stderr   # refused before the model is loaded

@@ -121,7 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', help='--bag: JSONL file to write (default: stdout)')
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.add_argument('--stream', action='store_true', help='print text as it is generated')
+    p.add_argument('--detect', type=split_choices, metavar='LABELS',
+                   help='find these comma-separated objects in the one --image: prints the '
+                        'boxes (source pixels) as JSON, as ~/detect answers')
+    p.add_argument('--refer', default='', metavar='EXPRESSION',
+                   help='with or instead of --detect: a referring expression to locate')
     return p
+
+
+def detect_main(args) -> int:
+    """--detect / --refer: one image in, its boxes (source pixels) out, one JSON object."""
+    from ..vlm.grounding import box_schema, detect, grounding_prompt
+    if len(args.image) != 1:
+        raise VLMError('--detect / --refer take exactly one --image')
+    frame = read_rgb(args.image[0])
+    grounding_prompt(args.detect or (), args.refer)        # refuse before loading
+    grammar_for(json_schema=box_schema(args.detect or (), args.refer))
+    pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
+    found = detect(pipe, frame, args.detect or (), args.refer, generation_options(args))
+    print(json.dumps({
+        'detections': [{'label': d.label, 'box': [round(v, 2) for v in d.box],
+                        'score': round(d.score, 6), 'input_box': list(d.input_box)}
+                       for d in found.detections],
+        'image_size': [int(frame.shape[1]), int(frame.shape[0])],
+        'text': found.text, 'complete': found.complete, 'notes': found.notes,
+        **{k: v for k, v in result_dict(found.result).items() if k != 'text'}},
+        ensure_ascii=False))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -133,6 +159,8 @@ def main(argv=None) -> int:
         if args.bag:
             from .annotate_bag import annotate_bag
             return annotate_bag(args)
+        if args.detect or args.refer:
+            return detect_main(args)
         if not args.image and not args.prompt:
             raise VLMError('give --image FILE and/or --prompt TEXT')
         frames = [read_rgb(p) for p in args.image]
