@@ -156,6 +156,17 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
         client = Client()
         from qwen_vl_interfaces.srv import Describe
         Detect = detect_io.Detect
+        # ~/detect without an image: the newest frame of the replayed recording, its stamp
+        res = client.call(client.detect, Detect.Request(labels=LABELS, max_new_tokens=60))
+        assert res.success, res.message
+        h = res.detections.header
+        assert h.stamp.sec * 10**9 + h.stamp.nanosec == bag.stamps_ns[-1]
+        assert h.frame_id == 'camera'
+        check_boxes(res.detections, 161, 119)
+        end = time.monotonic() + 10
+        while not any(m.header == h for m in list(client.detections)):   # on ~/detections too
+            assert time.monotonic() < end, 'the ~/detect answer was not on ~/detections'
+            time.sleep(0.05)
         # ~/detect with its own image (odd size): header and boxes of that image
         seen_boxes = 0
         for _ in range(6):
