@@ -169,7 +169,9 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
             time.sleep(0.05)
         # ~/detect with its own image (odd size): header and boxes of that image
         seen_boxes = 0
-        for _ in range(6):
+        for attempt in range(16):    # sampled (no seed in a request): until boxes were seen
+            if seen_boxes and attempt >= 3:
+                break
             req = Detect.Request(labels=LABELS, image=image_request(97, 45), max_new_tokens=60)
             res = client.call(client.detect, req)
             assert res.success, res.message
@@ -178,7 +180,7 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
             check_boxes(res.detections, 45, 97)
             assert res.text.startswith('[')
             seen_boxes += len(res.detections.detections)
-        assert seen_boxes, 'no box in 6 sampled answers: the mapping was not exercised'
+        assert seen_boxes, 'no box in 16 sampled answers: the mapping was not exercised'
         res = client.call(client.detect, Detect.Request(labels=[], prompt=' '))
         assert not res.success and 'labels and/or prompt' in res.message
 
