@@ -9,6 +9,8 @@
 #                   model; default: a tiny random-weight model exported once into demo_out/)
 #   make bench      install, then bench/run_all.py: host-side benchmarks at the real model shapes
 #                   (~2 min, ~1.8 GB of temporary stand-ins) -> bench/RESULTS.md
+#   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
+#                   50 random stops (~17 min; not in make test) -> bench/SOAK.md
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -96,6 +98,13 @@ demo: install
 .PHONY: bench
 bench: install
 	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/run_all.py
+
+# Ten minutes of a 30 Hz camera stream, timer and calls into the node, then 50 random stops
+# (bench/soak.py, ~17 min; not part of make test) -> bench/SOAK.md. SOAK_ARGS='--minutes 2'.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: install
+	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache

@@ -6,10 +6,13 @@ rosbags messages and plain test objects alike; it never imports rclpy.
 - ``image_to_rgb(msg)``: ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``.
   Encodings (names of sensor_msgs/image_encodings.hpp): rgb8, bgr8, rgba8, bgra8, rgb16, bgr16,
   rgba16, bgra16, mono8, mono16, uyvy (= yuv422), yuyv (= yuv422_yuy2), nv12, nv21 and the Bayer
-  patterns bayer_rggb8/bggr8/gbrg8/grbg8 and their 16-bit variants. 16-bit data is reduced to
-  8 bit by its high byte (``>> 8``) in the byte order that ``is_bigendian`` says.
-- ``compressed_to_rgb(msg)``: ``format``, ``data``; JPEG and PNG (and what else OpenCV decodes).
-  The size is read from the JPEG / PNG header before anything is decoded.
+  patterns bayer_rggb8/bggr8/gbrg8/grbg8 and their 16-bit variants. 16-bit data (read in the
+  byte order that ``is_bigendian`` says) is reduced to 8 bit by ``bit_depth`` (see to_8bit).
+- ``compressed_to_rgb(msg)``: ``format``, ``data``; JPEG and PNG (and what else OpenCV decodes),
+  8 or 16 bit, with the channel order image_transport's format string gives (see
+  decode_compressed). The size is read from the JPEG / PNG header before anything is decoded.
+- ``decode_compressed(data, fmt)``: the same for bytes (image files: ``qwen-vl-describe --image``
+  takes the same decision on the same bytes as the node).
 
 Rows may be padded (``step`` > width * bytes per pixel). The data is wrapped with np.frombuffer,
 never copied to bytes first: an rgb8 (or rgba8) frame comes back as a view into ``msg.data``
@@ -64,15 +67,15 @@ _JPEG_EOI = b'\xff\xd9'
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # Start-of-frame markers (they carry the image size): C0-CF except DHT C4, JPG C8, DAC CC.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)  # OpenCV >= 4.10 decodes straight to RGB
 
 
-def image_to_rgb(msg, max_pixels=None) -> np.ndarray:
+def image_to_rgb(msg, max_pixels=None, bit_depth: int = 0) -> np.ndarray:
     """Convert a sensor_msgs/Image-like message to an HxWx3 uint8 RGB array.
 
     ``max_pixels``: refuse frames with more pixels than this (None or 0: no limit); checked
-    before any pixel is touched. The result may share memory with ``msg.data`` (see the module
-    docstring): copy it before writing into it.
+    before any pixel is touched. ``bit_depth``: how 16-bit encodings become 8 bit (to_8bit).
+    The result may share memory with ``msg.data`` (see the module docstring): copy it before
+    writing into it.
     """
     encoding = str(msg.encoding).strip().lower()
     if encoding not in _ENCODINGS:
@@ -103,9 +106,38 @@ def image_to_rgb(msg, max_pixels=None) -> np.ndarray:
     # Rows without their padding: a (rows, width * bpp) view, no copy.
     rows = buf[:step * rows_total].reshape(rows_total, step)[:, :width * bpp]
     if bpp in (2, 6, 8) and kind not in ('uyvy', 'yuyv'):
-        # 16 bits per channel -> 8: keep the high byte, a strided view.
-        rows = rows[:, 0::2] if msg.is_bigendian else rows[:, 1::2]
+        # 16 bits per channel -> 8 by bit_depth (one conversion into a new array)
+        words = np.ascontiguousarray(rows).view('>u2' if msg.is_bigendian else '<u2')
+        rows = to_8bit(words, bit_depth)
     return _convert(kind, rows, height, width)
+
+
+def check_bit_depth(bit_depth: int) -> int:
+    """Return ``bit_depth`` as an int; ImageError unless it is 0 (auto) or 8..16."""
+    bit_depth = int(bit_depth)
+    if bit_depth != 0 and not 8 <= bit_depth <= 16:
+        raise ImageError(f'bit_depth must be 0 (auto) or 8..16, got {bit_depth}')
+    return bit_depth
+
+
+def to_8bit(words: np.ndarray, bit_depth: int = 0) -> np.ndarray:
+    """uint16 samples holding ``bit_depth``-bit values -> uint8, by a right shift.
+
+    A value v of an N-bit sensor becomes min(255, v >> (N - 8)): 12-bit data (0..4095) fills
+    0..255 instead of 0..15, and N = 16 keeps the high byte (cv_bridge's 16 -> 8 bit rule).
+    ``bit_depth`` 0 = auto: N is the bit length of the frame's brightest value, at least 8
+    (a 12-bit camera's frame whose brightest pixel is 4095 gives N = 12; a dark 16-bit frame
+    comes out brighter, by a power of two). ROS image messages carry no bit depth
+    (sensor_msgs/Image: "mono16" says only the container), hence the parameter. Same shape.
+    """
+    bits = check_bit_depth(bit_depth)
+    if bits == 0:
+        bits = max(8, int(words.max()).bit_length()) if words.size else 16
+    shift = bits - 8
+    out = words >> shift if shift else words.copy()
+    if bits < 16:   # values above 2**bits - 1 saturate instead of wrapping
+        np.minimum(out, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def _convert(kind: str, rows: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -133,35 +165,91 @@ def _convert(kind: str, rows: np.ndarray, height: int, width: int) -> np.ndarray
     return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_BGRA2RGB)
 
 
-def compressed_to_rgb(msg, max_pixels=None) -> np.ndarray:
+def compressed_to_rgb(msg, max_pixels=None, bit_depth: int = 0) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage-like message (JPEG, PNG) to HxWx3 uint8 RGB.
 
-    The pixel count is read from the JPEG / PNG header and checked against ``max_pixels``
-    (None or 0: no limit) before decoding; other formats are checked after decoding. Truncated
-    JPEG and PNG data is refused instead of decoded to a partly grey picture.
+    ``msg.format`` is read by image_transport's rules (decode_compressed). Raises ImageError.
     """
-    fmt = str(getattr(msg, 'format', '') or '').strip()
-    if 'compresseddepth' in fmt.lower().replace(' ', ''):
-        raise ImageError(f'compressed depth images ({fmt!r}) are not supported: '
-                         'subscribe to a colour image topic')
-    buf = _byte_view(msg.data)
+    fmt = str(getattr(msg, 'format', '') or '')
+    return decode_compressed(msg.data, fmt, max_pixels, bit_depth)
+
+
+def parse_format(fmt: str) -> tuple:
+    """Read a CompressedImage ``format``: (original encoding or '', channel order of the data).
+
+    compressed_image_transport writes ``"<encoding>; <jpeg|png> compressed <target>"``: the
+    publisher's encoding, then what it encoded (bgr8/bgr16 for colour images, nothing for mono
+    and Bayer: the single channel as it was). Its subscriber (compressed_subscriber.cpp) takes
+    the decoded channels as BGR when the rest contains "compressed bgr", as RGB otherwise for a
+    colour encoding (e.g. "rgb8; jpeg compressed rgb8"), and as BGR for a format without ';'
+    (older publishers: "jpeg", "png"; and image files). The order returned is 'bgr' or 'rgb'.
+    compressedDepth (compressed_depth_image_transport: depth in metres or millimetres, not a
+    picture) raises ImageError.
+    """
+    text = fmt.strip()
+    if 'compresseddepth' in text.lower().replace(' ', ''):
+        raise ImageError(f'compressedDepth images ({fmt!r}) are depth maps (16UC1 / 32FC1 '
+                         'distances from compressed_depth_image_transport), not camera '
+                         'pictures: subscribe to a colour or mono image topic')
+    encoding, sep, rest = text.partition(';')
+    if not sep:
+        return '', 'bgr'
+    encoding = encoding.strip().lower()
+    colour = encoding in ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'rgb16', 'bgr16', 'rgba16',
+                          'bgra16')
+    if colour and 'compressed bgr' not in ' '.join(rest.lower().split()):
+        return encoding, 'rgb'
+    return encoding, 'bgr'
+
+
+def decode_compressed(data, fmt: str = '', max_pixels=None, bit_depth: int = 0) -> np.ndarray:
+    """Decode compressed image bytes (JPEG, PNG, ... as OpenCV reads) to HxWx3 uint8 RGB.
+
+    ``fmt``: a CompressedImage format string (parse_format; '' for an image file). The pixel
+    count is read from the JPEG / PNG header and checked against ``max_pixels`` (None or 0: no
+    limit) before decoding; other formats are checked after. Truncated JPEG and PNG data is
+    refused instead of decoded to a partly grey picture; bytes after the end of the image
+    (JPEG EOI, PNG IEND: motion photos append a video there) are ignored, as decoders do.
+    Decoded like image_transport (cv::IMREAD_UNCHANGED): 16-bit data (PNG, TIFF) is reduced by
+    ``bit_depth`` (to_8bit), one channel is grey (or a Bayer mosaic when the original encoding
+    says bayer_*), an alpha channel is dropped. Raises ImageError.
+    """
+    encoding, order = parse_format(fmt)
+    check_bit_depth(bit_depth)
+    buf = _byte_view(data)
     if buf.size == 0:
         raise ImageError(f'empty compressed image (format {fmt!r})')
     size = compressed_size(buf)
     if size is not None:
         _check_pixels(size[0], size[1], max_pixels)
-    if _IMREAD_RGB is not None:
-        image = cv2.imdecode(buf, _IMREAD_RGB)
-    else:  # pragma: no cover - OpenCV < 4.10
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if image is not None:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image is None:
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        image = None
+        why = ' '.join(str(e).split())
+    else:
+        why = 'corrupt data or a format OpenCV does not read'
+    if image is None or image.size == 0:
         raise ImageError(f'cannot decode the compressed image (format {fmt!r}, {buf.size} '
-                         'bytes): corrupt data or a format OpenCV does not read')
+                         f'bytes): {why}')
     if size is None:
         _check_pixels(image.shape[1], image.shape[0], max_pixels)
-    return image
+    if image.dtype == np.uint16:
+        image = to_8bit(image, bit_depth)
+    elif image.dtype != np.uint8:
+        raise ImageError(f'compressed image of {image.dtype} samples (format {fmt!r}): only 8- '
+                         'and 16-bit images are supported')
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        gray = image.reshape(image.shape[0], image.shape[1])
+        if encoding.startswith('bayer_') and encoding[6:10] in _BAYER_CODES:
+            return cv2.cvtColor(gray, _BAYER_CODES[encoding[6:10]])
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return image if order == 'rgb' else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB if order == 'rgb' else cv2.COLOR_BGRA2RGB)
+    raise ImageError(f'compressed image with {channels} channels (format {fmt!r})')
 
 
 def compressed_size(data) -> tuple | None:
@@ -209,9 +297,9 @@ def _jpeg_size(data) -> tuple:
             if size is None:
                 raise ImageError('corrupt JPEG: scan data before the frame header')
             # Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker,
-            # so the end-of-image marker can only be the real one.
-            tail = bytes(data[max(i, n - 65536):])
-            if _JPEG_EOI not in tail:
+            # so the first end-of-image marker after the scan is the real one; whatever
+            # follows it (zeros, a motion photo's video) is not part of the image.
+            if bytes(data[i:]).find(_JPEG_EOI) < 0:
                 raise ImageError(f'truncated JPEG: no end-of-image marker after the scan data '
                                  f'({n} bytes)')
             return size
@@ -219,16 +307,20 @@ def _jpeg_size(data) -> tuple:
 
 
 def _png_size(buf: np.ndarray) -> tuple:
-    """Read the IHDR chunk; check that the IEND chunk is there."""
+    """Read the IHDR chunk; walk the chunks to IEND (bytes after it are not the image's)."""
     if buf.size < 33 or buf[12:16].tobytes() != b'IHDR':
         raise ImageError(f'truncated or corrupt PNG: no IHDR chunk ({buf.size} bytes)')
     width = int.from_bytes(buf[16:20].tobytes(), 'big')
     height = int.from_bytes(buf[20:24].tobytes(), 'big')
     if width == 0 or height == 0:
         raise ImageError(f'corrupt PNG: header says {width}x{height} pixels')
-    if b'IEND' not in buf[-64:].tobytes():
-        raise ImageError(f'truncated PNG: no IEND chunk at the end ({buf.size} bytes)')
-    return width, height
+    i, n = 8, buf.size
+    while i + 12 <= n:   # chunk: length (4, big-endian), type (4), data, CRC (4)
+        length = int.from_bytes(buf[i:i + 4].tobytes(), 'big')
+        if buf[i + 4:i + 8].tobytes() == b'IEND':
+            return width, height
+        i += 12 + length
+    raise ImageError(f'truncated PNG: no IEND chunk ({buf.size} bytes)')
 
 
 def _check_pixels(width: int, height: int, max_pixels) -> None:

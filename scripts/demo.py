@@ -422,7 +422,27 @@ def main(argv=None) -> int:
     say(f'exit code {rc}; its counters: ' +
         (stopped[-1].split(': stopped ', 1)[-1] if stopped else '(no summary in the log)'))
     say(f'descriptions received by the demo: {described} ({frames} frames played)')
-    return 0 if described else 1
+    problem = exit_problem(rc)
+    if problem:
+        say(f'demo: {problem} (its log: {out / "node.log"})')
+    return 0 if described and not problem else 1
+
+
+def exit_problem(rc) -> str | None:
+    """Say what is wrong with describe_node's exit code after SIGINT (None: 0, all well).
+
+    A node killed after 15 s shows as SIGKILL; one that crashed while stopping as its signal
+    (SIGSEGV = -11).
+    """
+    if rc == 0:
+        return None
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f'signal {-rc}'
+        return f'describe_node was killed by {name} (exit code {rc}) while stopping'
+    return f'describe_node exited with code {rc} after SIGINT (expected 0)'
 
 
 if __name__ == '__main__':

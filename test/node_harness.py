@@ -284,13 +284,26 @@ class RosClient:
         return list(future.result().results)
 
     def counters(self) -> dict:
-        """Return the newest /diagnostics values of the node (empty when none arrived yet)."""
+        """Return the newest /diagnostics values of the node (empty when none arrived yet).
+
+        The values of all its statuses (one per concern) in one dict.
+        """
+        with self._cond:
+            for arr in reversed(self.diagnostics):
+                values = {kv.key: kv.value for st in arr.status if 'qwen_vl' in st.name
+                          for kv in st.values}
+                if values:
+                    return values
+        return {}
+
+    def status(self, concern: str):
+        """Return the newest DiagnosticStatus '<node>: <concern>' of the node, or None."""
         with self._cond:
             for arr in reversed(self.diagnostics):
                 for st in arr.status:
-                    if 'qwen_vl' in st.name:
-                        return {kv.key: kv.value for kv in st.values}
-        return {}
+                    if 'qwen_vl' in st.name and st.name.endswith(f': {concern}'):
+                        return st
+        return None
 
     def wait_counter(self, name: str, at_least: int, timeout: float = 5.0) -> int:
         def ok():

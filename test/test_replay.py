@@ -293,10 +293,11 @@ def node_counters(lines) -> list:
     for d in lines:
         if d['topic'] != '/diagnostics':
             continue
-        for st in d['msg']['status']:
-            if st['name'].startswith('/qwen_vl'):
-                out.append((stamp_ns(d['msg']['header']['stamp']),
-                            {kv['key']: kv['value'] for kv in st['values']}))
+        # one status per concern: their values together
+        values = {kv['key']: kv['value'] for st in d['msg']['status']
+                  if st['name'].startswith('/qwen_vl') for kv in st['values']}
+        if values:
+            out.append((stamp_ns(d['msg']['header']['stamp']), values))
     return out
 
 

@@ -28,7 +28,7 @@ import time
 from ..image_msg import compressed_to_rgb, image_to_rgb
 from ..replay.bag import ReplayError, open_reader
 from ..vlm import VLMError
-from .describe import generation_options, load_pipeline, result_dict
+from .describe import error_line, generation_options, load_pipeline, result_dict
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': False, 'sensor_msgs/msg/CompressedImage': True}
 PROG = 'qwen-vl-describe'
@@ -99,7 +99,7 @@ def annotate_bag(args) -> int:
         out = open(args.out, 'w', encoding='utf-8') if args.out else sys.stdout
         return _annotate(reader, topic, msgtype, conns, pipe, args, out)
     except (BagError, VLMError) as e:
-        print(f'{PROG}: error: {e}', file=sys.stderr)
+        print(f'{PROG}: error: {error_line(e)}', file=sys.stderr)
         return 2
     finally:
         reader.close()
@@ -128,10 +128,11 @@ def _annotate(reader, topic, msgtype, conns, pipe, args, out) -> int:
                                'nanosec': int(msg.header.stamp.nanosec)},
                         frame_id=str(msg.header.frame_id), prompt=args.prompt)
             try:
-                rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                rgb = (compressed_to_rgb(msg, bit_depth=args.bit_depth) if compressed
+                       else image_to_rgb(msg, bit_depth=args.bit_depth))
                 result = pipe.describe([rgb], args.prompt, options)
                 line = result_dict(result, **line)
-            except VLMError as e:
+            except Exception as e:  # this frame fails (VLMError, or a bug): the rest go on
                 line['error'] = f'{type(e).__name__}: {" ".join(str(e).split())}'
         if 'error' in line:
             failed += 1

@@ -13,9 +13,8 @@ import logging
 import os
 import sys
 
-import cv2
-
-from ..vlm import GenerationOptions, Pipeline, VLMError
+from ..image_msg import decode_compressed
+from ..vlm import GenerationOptions, ImageError, Pipeline, VLMError
 from ..vlm.constrain import grammar_for
 from ..vlm.prompt import keep_torch_out
 from ..vlm.runtime import BACKENDS
@@ -34,6 +33,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads')
     p.add_argument('--system-prompt', default='', help="system prompt ('' = the template's)")
     p.add_argument('--resize', choices=RESIZE_MODES, default='stretch')
+    p.add_argument('--bit-depth', type=int, default=0,
+                   help='bits 16-bit images really hold (12 for a 12-bit sensor); 0 = auto')
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -89,12 +90,21 @@ def generation_options(args) -> GenerationOptions:
         json_schema=getattr(args, 'json_schema', None), regex=getattr(args, 'regex', None))
 
 
-def read_rgb(path: str):
-    """Read an image file as RGB uint8 (OpenCV decodes BGR)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise VLMError(f'cannot read image {path!r} (missing, or not an image OpenCV decodes)')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def read_rgb(path: str, bit_depth: int = 0):
+    """Read an image file as HxWx3 uint8 RGB.
+
+    Decoded by image_msg.decode_compressed, the node's decoder for CompressedImage, so that a
+    file and the same bytes on the topic are accepted or refused alike. Raises ImageError.
+    """
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f'cannot read image {path!r}: {e.strerror or e}') from None
+    try:
+        return decode_compressed(data, '', bit_depth=bit_depth)
+    except ImageError as e:
+        raise ImageError(f'{path}: {e}') from None
 
 
 def result_dict(result, **extra) -> dict:
@@ -129,12 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(error: BaseException) -> str:
+    """One line for any error: a VLMError's own message; others with their class name."""
+    text = ' '.join(str(error).split())
+    if isinstance(error, VLMError):
+        return text or type(error).__name__
+    return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
 def detect_main(args) -> int:
     """--detect / --refer: one image in, its boxes (source pixels) out, one JSON object."""
     from ..vlm.grounding import box_schema, detect, grounding_prompt
     if len(args.image) != 1:
         raise VLMError('--detect / --refer take exactly one --image')
-    frame = read_rgb(args.image[0])
+    frame = read_rgb(args.image[0], args.bit_depth)
     grounding_prompt(args.detect or (), args.refer)        # refuse before loading
     grammar_for(json_schema=box_schema(args.detect or (), args.refer))
     pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
@@ -151,31 +169,39 @@ def detect_main(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of qwen-vl-describe."""
+    """Entry point of qwen-vl-describe: exit 0, or 2 with one ``error:`` line for any failure.
+
+    (``--bag``: 1 when frames were selected but none could be described.)
+    """
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except Exception as e:  # any failure (a VLMError or a bug) is one line and exit code 2
+        logging.getLogger('qwen_vl_ros').debug('qwen-vl-describe failed', exc_info=True)
+        print(f'qwen-vl-describe: error: {error_line(e)}', file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(args) -> int:
     keep_torch_out()
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
-    try:
-        if args.bag:
-            from .annotate_bag import annotate_bag
-            return annotate_bag(args)
-        if args.detect or args.refer:
-            return detect_main(args)
-        if not args.image and not args.prompt:
-            raise VLMError('give --image FILE and/or --prompt TEXT')
-        frames = [read_rgb(p) for p in args.image]
-        options = generation_options(args)
-        grammar_for(options.choices, options.json_schema, options.regex)  # refuse before loading
-        pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
+    if args.bag:
+        from .annotate_bag import annotate_bag
+        return annotate_bag(args)
+    if args.detect or args.refer:
+        return detect_main(args)
+    if not args.image and not args.prompt:
+        raise VLMError('give --image FILE and/or --prompt TEXT')
+    frames = [read_rgb(p, args.bit_depth) for p in args.image]
+    options = generation_options(args)
+    grammar_for(options.choices, options.json_schema, options.regex)  # refuse before loading
+    pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
 
-        def on_text(piece):
-            print(piece, end='', flush=True)
+    def on_text(piece):
+        print(piece, end='', flush=True)
 
-        result = pipe.describe(frames, args.prompt, options,
-                               on_text=on_text if args.stream and not args.json else None)
-    except VLMError as e:
-        print(f'qwen-vl-describe: error: {e}', file=sys.stderr)
-        return 2
+    result = pipe.describe(frames, args.prompt, options,
+                           on_text=on_text if args.stream and not args.json else None)
     if args.json:
         print(json.dumps(result_dict(result), ensure_ascii=False))
     elif args.stream:

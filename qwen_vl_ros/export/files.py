@@ -48,11 +48,17 @@ def copy_hf_files(hf_dir: Path, out_dir: Path) -> list[str]:
 
 
 def _tokenizer_chat_template(hf_dir: Path) -> str:
-    """Return the chat template of the checkpoint's tokenizer (jinja file or tokenizer_config)."""
-    from transformers import AutoTokenizer
+    """Return the checkpoint's multimodal chat template (chat_template.jinja, tokenizer_config).
 
-    template = AutoTokenizer.from_pretrained(hf_dir).chat_template
-    if not template:
-        raise FileNotFoundError(
-            f'{hf_dir} has no {CHAT_TEMPLATE} and its tokenizer no chat template')
-    return template
+    Read with the pipeline's own loader, so that a checkpoint saved by another transformers
+    major (5.x: TokenizersBackend, extra_special_tokens as a list) exports too, and the
+    template is the one that renders images, not the tokenizer's text-only one.
+    """
+    from ..vlm.errors import ModelDirError
+    from ..vlm.prompt import load_tokenizer
+
+    try:
+        return load_tokenizer(str(hf_dir)).chat_template
+    except ModelDirError as e:
+        raise FileNotFoundError(f'{hf_dir} has no {CHAT_TEMPLATE} and no usable chat '
+                                f'template: {e}') from e

@@ -185,6 +185,10 @@ def main(argv=None) -> int:
     except ReplayError as e:
         print(f'{PROG}: error: {e}', file=sys.stderr)
         code = 3 if isinstance(e, ReplayTimeout) else 2
+    except Exception as e:  # anything else (a bug, a library failure): one line, exit 2
+        text = ' '.join(str(e).split())
+        print(f'{PROG}: error: {type(e).__name__}: {text}', file=sys.stderr)
+        code = 2
     finally:
         stop.set()
         if thread is not None:

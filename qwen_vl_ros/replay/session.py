@@ -115,7 +115,7 @@ class Replay:
         o = self.o
         reader = open_reader(o.bag)
         try:
-            played = select_topics(reader, o.topics, o.remaps)
+            played = self._playable(select_topics(reader, o.topics, o.remaps))
             self.summary.bag_duration_s = reader.duration / 1e9 if reader.message_count else 0.0
             publishers = self._make_publishers(played)
             deadline = time.monotonic() + o.timeout
@@ -147,6 +147,29 @@ class Replay:
                           reliability=(ReliabilityPolicy.BEST_EFFORT
                                        if self.o.reliability == 'best_effort'
                                        else ReliabilityPolicy.RELIABLE))
+
+    def _playable(self, played: list) -> list:
+        """Drop the topics whose message type is not installed, with one warning each.
+
+        Only when the whole bag is played: a bag often holds topics of packages this machine
+        lacks (or an mcap channel without a schema), and the camera should play anyway. A
+        topic asked for by name (--topic) must be playable: ReplayError. Nothing playable at
+        all is a ReplayError too.
+        """
+        out = []
+        for p in played:
+            try:
+                message_class(p.msgtype)
+            except ReplayError as e:
+                if self.o.topics:
+                    raise
+                self.log(f'warning: skipping {p.bag_topic} ({p.count} messages): {e}')
+                continue
+            out.append(p)
+        if played and not out:
+            raise ReplayError('no topic of the bag can be played: none of their message types '
+                              'is installed')
+        return out
 
     def _make_publishers(self, played) -> dict:
         publishers = {}

@@ -6,8 +6,9 @@ from qwen_vl_interfaces.msg import Description
 from std_msgs.msg import String
 
 from ..vlm.constrain import ConstraintError, grammar_for
-from ..vlm.errors import ImageError, ModelDirError, PromptTooLongError, RuntimeFailure, VLMError
-from .worker import Cancelled
+from ..vlm.errors import (ImageError, ModelDirError, PromptError, PromptTooLongError,
+                          RuntimeFailure, VLMError)
+from .worker import Cancelled, RuntimeHung
 
 TIMER = 'timer'
 SERVICE = 'service'
@@ -56,11 +57,13 @@ def text_msg(text: str) -> String:
 _KINDS = (
     (ImageError, 'image_errors', 'bad image'),
     (PromptTooLongError, 'prompt_errors', 'prompt too long'),
+    (PromptError, 'prompt_errors', 'bad prompt'),
     (ConstraintError, 'request_errors', 'bad constraint'),
     (RuntimeFailure, 'runtime_errors', 'runtime error'),
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),
     (Cancelled, 'cancelled', 'cancelled'),
+    (RuntimeHung, 'runtime_errors', 'runtime hung'),
 )
 
 

@@ -38,15 +38,15 @@ class Source:
             return int(self.received.nanoseconds)
         return ns
 
-    def to_rgb(self, max_pixels: int):
-        """HxWx3 uint8 RGB; raises ImageError with the reason."""
+    def to_rgb(self, max_pixels: int, bit_depth: int = 0):
+        """HxWx3 uint8 RGB; raises ImageError with the reason (bit_depth: image_msg.to_8bit)."""
         if self.compressed:
-            return compressed_to_rgb(self.msg, max_pixels or None)
-        return image_to_rgb(self.msg, max_pixels or None)
+            return compressed_to_rgb(self.msg, max_pixels or None, bit_depth)
+        return image_to_rgb(self.msg, max_pixels or None, bit_depth)
 
 
-def convert_all(sources: list, max_pixels: int, on_bad=None) -> list:
-    """Convert every source to RGB, in order.
+def convert_all(sources: list, max_pixels: int, on_bad=None, bit_depth: int = 0) -> list:
+    """Convert every source to RGB, in order (16-bit data by ``bit_depth``: image_msg.to_8bit).
 
     A frame that cannot be converted raises ImageError; for a video the message names the frame
     (its place and stamp), and ``on_bad(source)`` hears which one it was.
@@ -54,7 +54,7 @@ def convert_all(sources: list, max_pixels: int, on_bad=None) -> list:
     frames = []
     for i, source in enumerate(sources):
         try:
-            frames.append(source.to_rgb(max_pixels))
+            frames.append(source.to_rgb(max_pixels, bit_depth))
         except ImageError as e:
             if on_bad is not None:
                 on_bad(source)

@@ -15,6 +15,7 @@ mutually exclusive groups, the service in a reentrant group (each call waits for
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -40,12 +41,14 @@ from diagnostic_msgs.msg import DiagnosticArray
 from ..vlm import Pipeline
 from ..vlm.grounding import detect as find_objects
 from ..vlm.prompt import keep_torch_out
-from . import annotate, params
+from . import annotate, params, signals
 from . import detect as detect_io
 from .convert import (SERVICE, TIMER, description_msg, error_kind, one_line, request_constraint,
                       text_msg)
-from .diagnostics import Counters
+from .diagnostics import Counters, NodeHealth, Reporter
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
+from .inflow import InflowWatch, create_image_subscription
+from .health import EXIT_HUNG, HangWatchdog
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -65,6 +68,7 @@ class DescribeNode(Node):
         s = self.settings
         self.exit_code: int | None = None
         self.counters = Counters()
+        self._reporter = Reporter(self.counters)
         self._lock = threading.Lock()
         self._warned: dict = {}
         self._closing = threading.Event()
@@ -73,6 +77,9 @@ class DescribeNode(Node):
         self.worker = InferenceWorker(self._load, s.queue_size, on_loaded=self._on_loaded,
                                       on_load_failed=self._on_load_failed,
                                       on_job_error=self._on_job_error)
+        self.watchdog = HangWatchdog(
+            self.worker, lambda: (self.settings.hang_timeout_s, self.settings.hang_exit_s),
+            on_hung=self._on_hung, on_recovered=self._on_recovered, on_exit=self._on_hang_exit)
 
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
@@ -80,10 +87,16 @@ class DescribeNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT))
         msg_type, topic = ((CompressedImage, 'image/compressed')
                            if s.image_transport == 'compressed' else (Image, 'image'))
-        self._image_sub = self.create_subscription(
-            msg_type, topic, self._on_image, qos,
-            callback_group=MutuallyExclusiveCallbackGroup())
+        self.inflow = InflowWatch(topic, s.image_reliability, s.image_transport)
+        self._image_sub, self.lost_events = create_image_subscription(
+            self, msg_type, topic, self._on_image, qos, MutuallyExclusiveCallbackGroup(),
+            self._on_lost, self._on_incompatible)
         self.image_topic = getattr(self._image_sub, 'topic_name', topic)
+        self.inflow.topic = self.image_topic
+        if not self.lost_events:
+            self.get_logger().info(
+                f'the middleware does not report lost messages on {self.image_topic}: frames '
+                'lost there are noticed only when nothing arrives for a while')
 
         self._pub_text = self.create_publisher(String, '~/description', 10)
         self._pub_stamped = self.create_publisher(Description, '~/description/stamped', 10)
@@ -138,6 +151,7 @@ class DescribeNode(Node):
         self.get_logger().info(
             f'loading {s.model_dir} (backend {s.backend}); requests get "loading" until ready')
         self.worker.start()
+        self.watchdog.start()
 
     def _load(self):
         s = self.settings
@@ -164,10 +178,23 @@ class DescribeNode(Node):
             f'{type(error).__name__}: {one_line(error)}')
         self.exit_code = 1
 
-    def close(self) -> bool:
+    def _on_hung(self, reason: str) -> None:
+        self.get_logger().error(f'runtime hung: {reason}')
+
+    def _on_recovered(self, seconds: float) -> None:
+        _warning(self.get_logger())(f'runtime recovered: the stuck call returned after '
+                                    f'{seconds:.1f} s; serving again')
+
+    def _on_hang_exit(self, reason: str) -> None:
+        self.get_logger().error(f'exiting with code {EXIT_HUNG}: runtime hung ({reason})')
+        self.exit_code = EXIT_HUNG
+
+    def close(self, timeout: float = 1.0) -> bool:
         """Stop the worker (cancels the running generation); True when its thread has ended."""
         self._closing.set()
-        ended = self.worker.stop(timeout=1.0)
+        self.watchdog.stop()
+        # a model still loading is inside the runtime's native code: waiting cannot help
+        ended = self.worker.stop(timeout=0.1 if self.worker.state == 'loading' else timeout)
         logging.getLogger('qwen_vl_ros').removeHandler(self._log_bridge)
         stats = ', '.join(f'{k} {v}' for k, v in self.counters.snapshot().items() if v)
         line = f'stopped ({stats or "nothing done"})'
@@ -209,6 +236,32 @@ class DescribeNode(Node):
     def _on_image(self, msg) -> None:
         self.frames.put(msg, self.get_clock().now())
         self.counters.inc('frames_received')
+        self.inflow.on_frame(msg, time.monotonic())
+
+    def _on_lost(self, info) -> None:
+        """Count and warn about a MESSAGE_LOST event on the image subscription."""
+        text = self.inflow.on_lost(info.total_count_change)
+        if text:
+            self.counters.add('frames_lost', int(info.total_count_change), text)
+            self._warn_throttled(('inflow', 'lost'), text)
+
+    def _on_incompatible(self, info) -> None:
+        text = InflowWatch.on_incompatible(self.image_topic, self.settings.image_reliability)
+        self.counters.inc('qos_incompatible', text)
+        self._warn_throttled(('inflow', 'incompatible'), text)
+
+    def _check_inflow(self) -> None:
+        """Warn when publishers are there but no frames come (not every rmw reports losses)."""
+        try:
+            infos = self.get_publishers_info_by_topic(self.image_topic)
+        except Exception:  # noqa: BLE001 - a graph query during shut-down
+            return
+        reliable = ReliabilityPolicy.RELIABLE
+        text = self.inflow.check(time.monotonic(), [
+            'reliable' if i.qos_profile.reliability == reliable else 'best_effort'
+            for i in infos])
+        if text:
+            self._warn_throttled(('inflow', 'quiet'), text)
 
     def _frame_age(self, source: Source) -> float | None:
         """Seconds since the frame's stamp (since arrival when the stamp is zero); None = n/a."""
@@ -235,7 +288,8 @@ class DescribeNode(Node):
     def _on_tick(self) -> None:
         self.counters.inc('timer_ticks')
         if self.worker.state != 'ready':
-            self.counters.inc('timer_skipped_loading')
+            self.counters.inc('timer_skipped_hung' if self.worker.state == 'hung' else
+                              'timer_skipped_loading')
             return
         if not self.worker.idle:
             n = self.counters.inc('timer_skipped_busy')
@@ -282,6 +336,7 @@ class DescribeNode(Node):
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
             self.counters.inc('timer_skipped_busy' if r.kind == 'busy' else
+                              'timer_skipped_hung' if r.kind == 'hung' else
                               'timer_skipped_loading')
             return
         self.frames.mark_described(source)
@@ -305,7 +360,8 @@ class DescribeNode(Node):
             newest = self.frames.newest()
             if newest is None:
                 return _refuse(response, f'no image: nothing received on {self.image_topic} '
-                                         'yet, and the request has no image')
+                                         'yet, and the request has no image'
+                                         + self.inflow.hint())
             if len(kept) < video_frames:
                 return _refuse(response, self._filling(len(kept), video_frames))
             sources = kept if video_frames else [newest]
@@ -351,12 +407,14 @@ class DescribeNode(Node):
             options = dataclasses.replace(options, **{'choices': None, 'json_schema': None,
                                                       'regex': None, **constraint})
         max_pixels = s.max_pixels
+        bit_depth = s.bit_depth
         source = sources[-1]
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
             # a frame that cannot be converted leaves the ring, or it would spoil every video
-            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard)
+            frames = convert_all(sources, max_pixels, on_bad=self.frames.discard,
+                                 bit_depth=bit_depth)
             convert_ms = 1e3 * (time.perf_counter() - t0)
             opts = options
             if len(frames) > 1:
@@ -373,6 +431,7 @@ class DescribeNode(Node):
             self._pub_text.publish(text_msg(msg.text))
             self._pub_stamped.publish(msg)
             self.counters.inc('descriptions')
+            self.counters.record(msg)
             if self._annotator.publish(frames[-1], source.header, text=msg.text):
                 self.counters.inc('annotated_images')
             return msg
@@ -479,10 +538,20 @@ class DescribeNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        arr = self.counters.status(f'{self._diag_name}: describe',
-                                   self.settings.backend, self.worker.state,
-                                   self.worker.pending, self.get_clock().now().to_msg())
-        self._pub_diag.publish(arr)
+        self._check_inflow()
+        s, w = self.settings, self.worker
+        newest = self.frames.newest()
+        problem = (one_line(w.load_error) if w.state == 'failed' and w.load_error else
+                   w.hang_reason if w.state == 'hung' else '')
+        runtime = getattr(getattr(w.pipeline, 'runtime', None), 'name', '')
+        health = NodeHealth(
+            state=w.state, backend=runtime or s.backend, model_dir=s.model_dir,
+            problem=problem, exit_in_s=self.watchdog.exit_in(), image_topic=self.image_topic,
+            newest_frame_age_s=self._frame_age(newest) if newest is not None else None,
+            max_image_age_s=s.max_image_age_s, pending=w.pending, queue_size=s.queue_size,
+            period_s=s.period_s)
+        self._pub_diag.publish(self._reporter.report(self._diag_name, health,
+                                                     self.get_clock().now().to_msg()))
 
 
 def _max_gap_s(s: params.Settings) -> float:
@@ -527,52 +596,101 @@ class _RosLogHandler(logging.Handler):
 def main(args=None) -> int:
     """Entry point of `describe_node` (ros2 run qwen_vl_ros describe_node --ros-args ...).
 
-    Exit codes: 0 after SIGINT / SIGTERM, 1 when the model does not load, 2 for bad parameters.
+    Exit codes: 0 after SIGINT / SIGTERM (any number of them), 1 when the model does not load
+    (or on an unexpected error: its traceback is logged), 2 for bad parameters, 3 after a
+    runtime hang (health.py). Every way out goes through shut_down and exit_process: the
+    process never ends in interpreter teardown.
     """
+    stop = signals.install_stop_handlers(NODE_NAME)   # before rclpy.init: it chains to them
     keep_torch_out()
     rclpy.init(args=args)
-    node = None
-    executor = None
-    code = 0
-    worker_ended = True
+    made: dict = {}   # 'node', 'executor' as they are made
+    code = 1
     try:
-        try:
-            node = DescribeNode()
-        except (ValueError, ParameterException) as e:
-            hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
-                    if "expecting type 'DOUBLE'" in str(e) else '')
-            print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
-                  flush=True)
-            return 2
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-        executor.add_node(node)
-        node.start()
-        while rclpy.ok() and node.exit_code is None:
-            executor.spin_once(timeout_sec=0.25)
-        code = node.exit_code or 0
+        code = _serve(made, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     except Exception:
         # SIGINT/SIGTERM shut the context down; a spin_once running at that moment may raise
         # RCLError ("context is not valid") instead of ExternalShutdownException: a normal stop.
         if rclpy.ok():
-            raise
-        code = 0
+            print(f'[describe_node] unexpected error:\n{traceback.format_exc()}',
+                  file=sys.stderr, flush=True)
+            code = 1
+        else:
+            code = 0
     finally:
-        if node is not None:
-            worker_ended = node.close()
-        if executor is not None:
-            executor.shutdown(timeout_sec=0.5)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if not worker_ended:
-        # The worker is inside a model run that cannot be interrupted: do not wait for it, and
-        # do not let interpreter teardown race with the runtime's native threads.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        left = shut_down(made.get('node'), made.get('executor'))
+        signals.ignore_from_now_on()   # a signal from here on must not kill the exiting process
+    exit_process(code, left)
+
+
+def _serve(made: dict, stop) -> int:
+    """Make the node and spin until a signal (``stop`` set), a failed load or a hang exit."""
+    try:
+        node = made['node'] = DescribeNode()
+    except (ValueError, ParameterException) as e:
+        hint = (' (write floating-point values with a decimal point, e.g. 2.0)'
+                if "expecting type 'DOUBLE'" in str(e) else '')
+        print(f'[describe_node] bad parameters: {one_line(e)}{hint}', file=sys.stderr,
+              flush=True)
+        return 2
+    executor = made['executor'] = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor.add_node(node)
+    node.start()
+    while rclpy.ok() and node.exit_code is None and not stop.is_set():
+        executor.spin_once(timeout_sec=0.25)
+    return node.exit_code or 0
+
+
+# How long shut-down waits for the inference worker, then for the executor's callbacks.
+WORKER_JOIN_S = 1.0
+EXECUTOR_JOIN_S = 1.0
+
+
+def shut_down(node: DescribeNode | None, executor) -> list:
+    """Stop everything that runs threads, in a fixed order; return the threads still running.
+
+    1. the inference worker: its generation is cancelled at the next token; a model run in
+       progress cannot be interrupted, so it is waited for at most WORKER_JOIN_S;
+    2. the executor's callback threads (service calls waiting for a job see the node closing);
+    3. the model: onnxruntime sessions (and their thread pools) are released here, on this
+       thread, once the worker has ended - not later by the garbage collector;
+    4. the node's subscriptions, services and timers, then the rclpy context (the DDS
+       participant and its threads, ROS logging).
+    """
+    if node is not None:
+        node.close(timeout=WORKER_JOIN_S)
+    if executor is not None:
+        executor.shutdown(timeout_sec=EXECUTOR_JOIN_S)
+    if node is not None:
+        if not node.worker.alive:
+            node.worker.pipeline = None
+            gc.collect()
+        node.destroy_node()
+    rclpy.try_shutdown()
+    me = threading.current_thread()
+    return sorted(t.name for t in threading.enumerate() if t is not me and t.is_alive())
+
+
+def exit_process(code: int, left: list):
+    """End the process now with ``code``, without interpreter teardown (never returns).
+
+    After shut_down there is nothing left to clean up. What teardown would still do is run
+    atexit handlers and destroy native objects (a session a still-running worker holds,
+    Fast DDS's and onnxruntime's static state, C++ static destructors) in an order nobody
+    controls while native threads may still be running: the likely source of a rare SIGSEGV
+    (exit code -11) after "stopped". os._exit skips all of it; the output is flushed first.
+    The last line names the code and any thread not waited for.
+    """
+    line = f'[describe_node] exit code {code}'
+    if left:
+        line += f' (threads not waited for: {", ".join(left)})'
+    print(line, file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':

@@ -3,9 +3,9 @@
 Every parameter is declared with a ParameterDescriptor (description, FloatingPointRange /
 IntegerRange, read_only). Read-only ones need a reload of the model or a new subscription; the
 others (prompt, period_s, video_frames, video_interval_s, the sampling parameters,
-max_new_tokens, max_image_age_s, max_pixels, request_timeout_s) take effect with the next
-request. The video parameters can change at run time because the ring buffer lives in the node's
-frame store: resizing it needs neither the model nor the subscription.
+max_new_tokens, max_image_age_s, max_pixels, request_timeout_s, bit_depth) take effect with the
+next request. The video parameters can change at run time because the ring buffer lives in the
+node's frame store: resizing it needs neither the model nor the subscription.
 
 Sampling parameters use sentinels that mean "what the model's generation_config.json says":
 temperature < 0, top_k < 0, top_p <= 0, repetition_penalty <= 0 (the defaults). Otherwise
@@ -67,6 +67,8 @@ class Spec:
                 return f'{self.name} must be in [{lo}, {hi}], got {value!r}'
         if self.name == 'prompt' and not str(value).strip():
             return 'prompt must not be empty'
+        if self.name == 'bit_depth' and 0 < value < 8:
+            return 'bit_depth must be 0 (auto) or 8..16'
         if self.name == 'video_frames' and value == 1:
             return 'video_frames must be 0 (image mode) or at least 2 (frames of one video)'
         if self.name in ('choices', 'json_schema', 'regex'):
@@ -142,9 +144,12 @@ SPECS = (
          'raw: subscribe sensor_msgs/Image on "image"; compressed: subscribe '
          'sensor_msgs/CompressedImage on "image/compressed".',
          read_only=True, choices=TRANSPORTS),
-    Spec('image_reliability', 'best_effort',
-         'QoS reliability of the image subscription (sensor-data QoS, depth 1): best_effort '
-         'matches every publisher; reliable matches only reliable publishers.',
+    Spec('image_reliability', 'reliable',
+         'QoS reliability of the image subscription (keep last 1): reliable (default) gets '
+         'every frame of a reliable publisher (image_transport publishers, qwen-vl-replay); '
+         'best_effort also matches sensor-data (best_effort) publishers, but on loopback Fast '
+         'DDS loses most raw frames of 640x480 and up that way (README, "What reaches the '
+         'node"). Lost frames are counted (frames_lost) and warned about.',
          read_only=True, choices=RELIABILITIES),
     Spec('queue_size', 2,
          'Requests that may wait for the inference worker; when full, ~/describe answers '
@@ -152,6 +157,20 @@ SPECS = (
     Spec('request_timeout_s', 300.0,
          'Longest a ~/describe call waits for its answer (queue wait included) before it '
          'answers success=false "timeout".', range=(1.0, 86400.0)),
+    Spec('hang_timeout_s', 30.0,
+         'A request whose runtime call shows no progress for this long (no decode step, or a '
+         'vision / prefill run that does not return) means the runtime is hung: waiting '
+         'requests are answered with that reason, new ones refused, /diagnostics goes ERROR. '
+         '0 = no hang detection. Changeable at run time.', range=(0.0, 86400.0)),
+    Spec('hang_exit_s', 10.0,
+         'After a hang, exit the process (code 3) this many seconds later so that its '
+         'supervisor restarts it (launch argument respawn:=true); 0 = stay up, refusing '
+         'requests. Changeable at run time.', range=(0.0, 86400.0)),
+    Spec('bit_depth', 0,
+         'Bits a 16-bit image (mono16, bayer_*16, rgb16, ..., 16-bit PNG) really holds: a value '
+         'v becomes min(255, v >> (bit_depth - 8)); 12 for a 12-bit sensor (0..4095), 16 = the '
+         "high byte; 0 = auto: the bit length of each frame's brightest value (at least 8). "
+         'Changeable at run time.', range=(0, 16)),
     # Typed answers and detections (README "Typed answers", "Detections"). String arrays are
     # declared with their type only (an empty list has no type in ROS parameters).
     Spec('mode', 'describe',
@@ -201,6 +220,9 @@ class Settings:
     image_reliability: str
     queue_size: int
     request_timeout_s: float
+    hang_timeout_s: float = 30.0
+    hang_exit_s: float = 10.0
+    bit_depth: int = 0
     mode: str = 'describe'
     labels: tuple = ()
     choices: tuple = ()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 
 class Refused(Exception):
-    """A job was not accepted; ``kind`` ('loading', 'failed', 'busy', 'stopped') and why."""
+    """A job was not accepted: ``kind`` (loading, failed, busy, hung, stopped) and why."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -24,6 +24,10 @@ class Refused(Exception):
 
 class Cancelled(Exception):
     """The job was dropped before it ran (shut-down, or its caller stopped waiting)."""
+
+
+class RuntimeHung(Exception):
+    """The runtime made no progress for too long (ros/health.py): the job is answered now."""
 
 
 @dataclass(eq=False)
@@ -36,6 +40,7 @@ class Job:
     error: BaseException | None = None
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False      # claimed by _finish (a hung job may be finished by another thread)
 
     def cancel(self) -> None:
         """Drop the job if it is still queued; end its generation early if it is running."""
@@ -58,7 +63,9 @@ class InferenceWorker:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._running: Job | None = None
-        self.state = 'loading'     # -> 'ready' | 'failed'; 'stopped' after stop()
+        self.state = 'loading'     # -> 'ready' | 'failed'; 'ready' <-> 'hung'; then 'stopped'
+        self.hang_reason = ''
+        self._progress = 0.0       # time.monotonic() of the running job's last sign of life
         self.load_error: BaseException | None = None
         self.pipeline = None
         # A daemon thread: a model run cannot be interrupted, and the process must be able to
@@ -95,6 +102,8 @@ class InferenceWorker:
                 raise Refused('failed', f'failed: the model did not load ({self.load_error})')
             if self.state == 'stopped':
                 raise Refused('stopped', 'shutting down')
+            if self.state == 'hung':
+                raise Refused('hung', f'runtime hung: {self.hang_reason}')
             if only_if_idle and (self._running is not None or self._queue):
                 raise Refused('busy', 'busy: a description is being generated')
             if len(self._queue) >= self.queue_size:
@@ -127,6 +136,34 @@ class InferenceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def stalled_for(self) -> float:
+        """Seconds the running job has gone without a sign of life; 0.0 when nothing runs.
+
+        Signs of life: the job starting, and each ``should_stop()`` call (once per decode step).
+        """
+        with self._cond:
+            if self._running is None:
+                return 0.0
+            return time.monotonic() - self._progress
+
+    def declare_hung(self, reason: str) -> bool:
+        """Answer every queued and the running job with RuntimeHung(reason); refuse new ones.
+
+        The running call cannot be interrupted: its thread stays inside the runtime. If the call
+        returns after all, the worker is 'ready' again. False when nothing was running.
+        """
+        with self._cond:
+            if self.state != 'ready' or self._running is None:
+                return False
+            self.state = 'hung'
+            self.hang_reason = reason
+            jobs = list(self._queue) + [self._running]
+            self._queue.clear()
+        for job in jobs:
+            job.cancel()
+            self._finish(job, error=RuntimeHung(reason))
+        return True
+
     # -- the worker thread --------------------------------------------------------------------
     def _main(self) -> None:
         t0 = time.monotonic()
@@ -156,11 +193,12 @@ class InferenceWorker:
                 job = self._queue.popleft()
                 if not job.cancelled:
                     self._running = job
+                    self._progress = time.monotonic()
             if job.cancelled:
                 self._finish(job, error=Cancelled('cancelled before it ran'))
                 continue
             try:
-                result = job.run(pipeline, lambda j=job: j.cancelled or self._stop.is_set())
+                result = job.run(pipeline, lambda j=job: self._alive_and_asked(j))
             except Exception as e:  # noqa: BLE001 - a bad request never stops the worker
                 self._finish(job, error=e)
             else:
@@ -168,8 +206,19 @@ class InferenceWorker:
             finally:
                 with self._cond:
                     self._running = None
+                    if self.state == 'hung':   # the stuck call returned after all
+                        self.state = 'ready'
+
+    def _alive_and_asked(self, job: Job) -> bool:
+        """Return the job's should_stop(): a sign of life, and whether it should end early."""
+        self._progress = time.monotonic()
+        return job.cancelled or self._stop.is_set()
 
     def _finish(self, job: Job, result=None, error: BaseException | None = None) -> None:
+        with self._cond:
+            if job.finished:     # already answered (declared hung by the watchdog)
+                return
+            job.finished = True
         job.result, job.error = result, error
         try:
             if job.on_done is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelDirError, PromptTooLongError
+from .errors import ModelDirError, NonFiniteOutput, PromptTooLongError
 from .runtime import Session
 
 BLOCKED = -65536.0  # additive mask value the compiled models were built with (exact in bf16)
@@ -188,11 +188,43 @@ class DecoderStack:
         return x
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        """Run final norm + lm_head on one hidden row -> float32 logits (V,)."""
+        """Run final norm + lm_head on one hidden row -> float32 logits (V,).
+
+        Raises NonFiniteOutput ("NaN logits: ...") when a value is NaN or Inf.
+        """
         spec = self.post.inputs(0)[0]
         feed = hidden.reshape(spec.shape).astype(spec.dtype, copy=False)
         out = self.post.run({spec.name: feed})
-        return out[0].reshape(-1).astype(np.float32)
+        logits = out[0].reshape(-1).astype(np.float32)
+        if not np.isfinite(np.dot(logits, logits)):   # NaN / Inf propagate into the dot
+            self._check_finite(logits)
+        return logits
+
+    def _check_finite(self, logits: np.ndarray) -> None:
+        """Raise NonFiniteOutput naming the NaN / Inf counts (the cheap dot check said maybe).
+
+        A NaN anywhere upstream (vision, a layer, the post model) reaches the logits, so the dot
+        product of the logits with themselves is the one check per token (one BLAS pass over V
+        values, no temporary; an overflow of finite values lands here and passes). The cache is
+        cleared before raising: the rows this request wrote may hold NaN, and the additive mask
+        cannot block a NaN row (NaN + mask is NaN), so the next request would fail too.
+        """
+        nan, inf = int(np.isnan(logits).sum()), int(np.isinf(logits).sum())
+        if not nan and not inf:
+            return
+        self.clear_cache()
+        what = ' and '.join(f'{n} {k}' for n, k in ((nan, 'NaN'), (inf, 'Inf')) if n)
+        kind = 'NaN' if nan else 'Inf'
+        raise NonFiniteOutput(f'{kind} logits: the model returned {what} of {logits.size} '
+                              'logit values (the runtime produced garbage); the KV cache '
+                              'was cleared')
+
+    def clear_cache(self) -> None:
+        """Zero every KV cache row (host arrays, or the rows in the runtime's own buffers)."""
+        for cache in self.k_cache + self.v_cache:
+            cache.fill(0)
+        for kv in self.kv or ():
+            kv.clear()
 
 
 def _size(shape) -> int:

@@ -13,9 +13,17 @@ class ImageError(VLMError):
     """An input image cannot be used (bad size, encoding, data or too many pixels)."""
 
 
+class PromptError(VLMError):
+    """The prompt cannot be built (e.g. the system prompt holds vision pad tokens)."""
+
+
 class PromptTooLongError(VLMError):
     """The prompt does not fit into what the compiled models can prefill."""
 
 
 class RuntimeFailure(VLMError):
     """The inference runtime failed while running a model."""
+
+
+class NonFiniteOutput(RuntimeFailure):
+    """A model returned NaN or Inf values: the runtime (or the NPU) produced garbage."""

@@ -283,6 +283,10 @@ class Pipeline:
                 finish = 'cancelled'
                 break
             logits = self._step(token, slot, position + len(out) - 1)
+        if on_text is not None:
+            tail = stream.flush()   # a last token may end mid-character: send what is held
+            if tail:
+                on_text(tail)
         t_end = time.perf_counter()
 
         steps = len(out) - 1  # decode steps run: the first token came from the prefill

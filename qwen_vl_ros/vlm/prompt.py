@@ -2,19 +2,21 @@
 
 The chat template and the tokenizer are transformers' (what the model was trained with); the
 only hand-written parts are expanding the image/video pad token to the vision token count (what
-the HF processor does to the text) and the rope positions, computed in numpy.
+the HF processor does to the text), the rope positions, computed in numpy, and keeping user text
+plain: special-token strings in a prompt (``<|im_end|>``, ``<|image_pad|>``, ...) are tokenized
+as the characters they are, never as control tokens, so a prompt cannot end its own turn or
+forge an assistant turn (the system prompt, the operator's, keeps its special tokens).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelDirError
+from .errors import ModelDirError, PromptError
 from .model_dir import TextConfig
 
 
@@ -58,33 +60,13 @@ def keep_torch_out() -> None:
 def load_tokenizer(tokenizer_dir: str):
     """Load the HF tokenizer offline, with the multimodal chat template.
 
-    The processor's template (chat_template.json / chat_template.jinja) wins over the one in
-    tokenizer_config.json: Qwen2.5-VL ships a text-only template there that cannot render
-    image or video content.
+    Directories written by transformers 4.49..5.x and AXERA's releases load under either
+    major (tokenizer_dir.load_tokenizer). The template is the first that renders image and
+    video content, processor files first: Qwen2.5-VL ships a text-only template in
+    tokenizer_config.json. Raises ModelDirError.
     """
-    from transformers import AutoTokenizer
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    except Exception as e:  # transformers raises OSError/ValueError/... for broken dirs
-        raise ModelDirError(f'cannot load the tokenizer from {tokenizer_dir}: {e}') from e
-    json_path = os.path.join(tokenizer_dir, 'chat_template.json')
-    jinja_path = os.path.join(tokenizer_dir, 'chat_template.jinja')
-    if os.path.exists(json_path):
-        with open(json_path, encoding='utf-8') as f:
-            tok.chat_template = json.load(f)['chat_template']
-    elif os.path.exists(jinja_path):
-        with open(jinja_path, encoding='utf-8') as f:
-            tok.chat_template = f.read()
-    elif not getattr(tok, 'chat_template', None):
-        raise ModelDirError(f'{tokenizer_dir}: no chat template (chat_template.json, '
-                            'chat_template.jinja or in tokenizer_config.json)')
-    try:  # render once now, so that a broken template or a missing jinja2 fails the load
-        tok.apply_chat_template([{'role': 'user', 'content': [{'type': 'text', 'text': ''}]}],
-                                tokenize=False, add_generation_prompt=True)
-    except Exception as e:  # ImportError (no jinja2), jinja2's TemplateError, ...
-        raise ModelDirError(f'{tokenizer_dir}: the chat template does not render: '
-                            f'{type(e).__name__}: {e}') from e
-    return tok
+    from .tokenizer_dir import load_tokenizer as load
+    return load(tokenizer_dir)
 
 
 def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray:
@@ -116,7 +98,8 @@ def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray
             continue
         block = next(block_iter, None)
         if block is None:
-            raise ValueError('more vision pad runs in the prompt than vision blocks')
+            raise PromptError('more vision pad runs in the prompt than vision blocks (does the '
+                              'system prompt hold <|image_pad|> or <|video_pad|>?)')
         gh, gw = block.grid_h // merge, block.grid_w // merge
         count = block.grid_t * gh * gw
         step = 0.0 if block.kind == 'image' else block.second_per_grid_t * cfg.tokens_per_second
@@ -128,12 +111,18 @@ def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray
     return out
 
 
+# Stands for the user's text while the chat template is rendered (NULs: no prompt holds it).
+USER_TEXT_SLOT = '\x00qwen_vl_ros user text\x00'
+
+
 class PromptBuilder:
     """Turns (system prompt, user prompt, vision blocks) into token ids and rope positions."""
 
     def __init__(self, tokenizer, cfg: TextConfig):
         self.tokenizer = tokenizer
         self.cfg = cfg
+        # every string the tokenizer matches as one added token (special or not)
+        self._added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
 
     def text(self, prompt: str, system_prompt: str = '', blocks: tuple = ()) -> str:
         """Render the chat-templated prompt, one pad token per vision block (not expanded)."""
@@ -145,10 +134,37 @@ class PromptBuilder:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
 
+    def ids(self, prompt: str, system_prompt: str = '', blocks: tuple = ()) -> list:
+        """Token ids of the rendered prompt (pads not expanded), the user text as plain text.
+
+        The template is rendered around a placeholder; its text is tokenized as usual (special
+        tokens are control tokens), the user text with special tokens split into ordinary
+        tokens. The plain template text just before the user text ('user' and a newline) is
+        tokenized together with it, as in one pass: a prompt without special-token strings gets
+        exactly the ids of tokenizing the whole rendered text.
+        """
+        rendered = self.text(USER_TEXT_SLOT, system_prompt, blocks)
+        parts = rendered.split(USER_TEXT_SLOT)
+        if len(parts) != 2:
+            raise ModelDirError(f'the chat template places the user text {len(parts) - 1} '
+                                'times; expected once')
+        head, tail = parts
+        cut = max((head.rfind(t) + len(t) for t in self._added if t in head), default=0)
+        return (self._encode(head[:cut], True) + self._encode(head[cut:] + prompt, False)
+                + self._encode(tail, True))
+
+    def _encode(self, text: str, special: bool) -> list:
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False,
+                                   split_special_tokens=not special)['input_ids'])
+
     def build(self, prompt: str, system_prompt: str = '', blocks: tuple = ()):
-        """Return (ids int64 (T,), positions int64 (3, T)) with pads expanded per block."""
-        text = self.text(prompt, system_prompt, blocks)
-        ids = self.tokenizer(text, add_special_tokens=False)['input_ids']
+        """Return (ids int64 (T,), positions int64 (3, T)) with pads expanded per block.
+
+        Raises PromptError when the template's vision pads do not match ``blocks``.
+        """
+        ids = self.ids(prompt, system_prompt, blocks)
         pad_ids = (self.cfg.image_token_id, self.cfg.video_token_id)
         expanded: list = []
         todo = iter(blocks)
@@ -156,7 +172,9 @@ class PromptBuilder:
             if tok in pad_ids:
                 block = next(todo, None)
                 if block is None:
-                    raise ValueError('the chat template emitted more vision pads than blocks')
+                    raise PromptError('the chat template emitted more vision pads than blocks '
+                                      '(does the system prompt hold <|image_pad|> or '
+                                      '<|video_pad|>?)')
                 expanded.extend([tok] * block.tokens(self.cfg.spatial_merge_size))
             else:
                 expanded.append(tok)

@@ -57,8 +57,18 @@ def fit_frame(frame: np.ndarray, size: tuple, mode: str = 'stretch',
 
     stretch: ignore the aspect ratio (what AXERA's demo does); letterbox: keep it and pad with
     ``fill``; crop: keep it and cut the centre. A frame already at ``size`` is returned as is.
+    Any frame of at least 1x1 pixel gives a valid result in every mode (a crop or letterbox
+    keeps at least one pixel row and column); ImageError for anything else.
     """
     frame = check_frame(frame)
+    try:
+        return _fit(frame, size, mode, fill)
+    except cv2.error as e:  # a size OpenCV cannot resize: a bad image, not an internal error
+        raise ImageError(f'cannot resize a {frame.shape[1]}x{frame.shape[0]} frame to '
+                         f'{size[1]}x{size[0]} ({mode}): {" ".join(str(e).split())}') from None
+
+
+def _fit(frame: np.ndarray, size: tuple, mode: str, fill: tuple) -> np.ndarray:
     h, w = size
     fh, fw = frame.shape[:2]
     if mode == 'stretch' or (fh, fw) == (h, w):
@@ -73,7 +83,9 @@ def fit_frame(frame: np.ndarray, size: tuple, mode: str = 'stretch',
         return out
     if mode == 'crop':
         scale = max(h / fh, w / fw)
-        ch, cw = min(fh, round(h / scale)), min(fw, round(w / scale))
+        # at least one row / column: a 1x4000 frame cropped to 308x616 keeps 1x2 pixels
+        ch = min(fh, max(1, round(h / scale)))
+        cw = min(fw, max(1, round(w / scale)))
         top, left = (fh - ch) // 2, (fw - cw) // 2
         return _resize(frame[top:top + ch, left:left + cw], h, w)
     raise ImageError(f'resize mode {mode!r} is not one of {", ".join(RESIZE_MODES)}')

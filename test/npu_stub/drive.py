@@ -2,7 +2,8 @@
 
     python drive.py SPEC.json OUT.json
 
-SPEC: {"action": "describe" | "keepalive", "jobs": [JOB, ...]}  (or one JOB's fields inline)
+SPEC: {"action": "describe" | "keepalive" | "nan_rows", "jobs": [JOB, ...]}  (or one JOB's
+      fields inline)
 JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str, "n": int,
                                     "second_per_grid_t": float}, ...],
        "in_buffer": [true, false], "env": {NAME: value} (set before loading, e.g.
@@ -10,7 +11,7 @@ JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str
        "skip_row_flush": bool}
 OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "prompt_tokens": [...],
        "kv": bool, "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
-       "keepalive": str}
+       "keepalive": str, "nan_rows": {"clean": [...], "poisoned": str, "after": [...]}}
 
 Frames are random RGB images from numpy's default_rng(seed), as the tests make them.
 """
@@ -84,13 +85,42 @@ def keepalive(spec, out):
     out['keepalive'] = 'same' if same else 'different'
 
 
+def nan_rows(spec, out):
+    """Leave NaN rows in the in-buffer cache (what a NaN run leaves), then describe twice.
+
+    The first request fails by name and clears the rows on the device; the next is clean.
+    """
+    from qwen_vl_ros.vlm import GenerationOptions, Pipeline
+
+    case = spec['cases'][0]
+    opts = GenerationOptions(max_new_tokens=case.get('n', 8), greedy=True,
+                             repetition_penalty=1.0)
+    frames = [frame(*f) for f in case['frames']]
+    pipe = Pipeline.load(spec['model_dir'], backend='axengine', threads=1,
+                         progress=lambda m: None)
+    assert pipe.decoder.kv is not None, 'no in-buffer KV cache'
+    result = {'clean': pipe.describe(frames, case['prompt'], opts).token_ids}
+    for kv in pipe.decoder.kv:
+        kv._k[...] = np.nan
+        kv._v[...] = np.nan
+        kv._flush_rows(0, kv.length)
+    try:
+        pipe.describe(frames, case['prompt'], opts)
+        result['poisoned'] = 'no error'
+    except Exception as e:  # noqa: BLE001 (the test checks the kind and message)
+        result['poisoned'] = f'{type(e).__name__}: {e}'
+    result['after'] = pipe.describe(frames, case['prompt'], opts).token_ids
+    out['nan_rows'] = result
+
+
 def main():
     from qwen_vl_ros.vlm.prompt import keep_torch_out
     keep_torch_out()  # as the CLI and the node: the tokenizer without torch
     spec = json.load(open(sys.argv[1]))
     out = {'error': None, 'runs': {}, 'jobs': []}
     try:
-        {'describe': describe, 'keepalive': keepalive}[spec.get('action', 'describe')](spec, out)
+        {'describe': describe, 'keepalive': keepalive,
+         'nan_rows': nan_rows}[spec.get('action', 'describe')](spec, out)
     except Exception as e:  # noqa: BLE001 (reported to the test, which decides)
         out['error'] = f'{type(e).__name__}: {e}'
     with open(sys.argv[2], 'w') as f:

@@ -204,6 +204,12 @@ class InBufferKV:
                         type(e).__name__, e)
             return None
 
+    def clear(self) -> None:
+        """Zero every cache row and flush it (after a run that may have written NaN rows)."""
+        self._k[...] = 0
+        self._v[...] = 0
+        self._flush_rows(0, self.length)
+
     # -- running with the cache in place -------------------------------------------------------
     def _sync(self, fn, buf: _Buffer, start: int, size: int) -> None:
         """Flush or invalidate [start, start+size) of ``buf``, widened to whole cache lines."""
