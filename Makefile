@@ -68,6 +68,9 @@ interfaces: $(VENV)/.stamp-deps
 install: venv
 	rm -rf $(BUILD)/lib $(BUILD)/bdist.*
 	$(PIP) install --quiet --no-deps --no-build-isolation .
+	@# pip puts console scripts into bin/ whatever setup.cfg says; `ros2 run` and launch_ros
+	@# look in lib/<package>/ (shared/ros2cli/README.md, known limits): link them there.
+	mkdir -p $(VENV)/lib/qwen_vl_ros && ln -sf ../../bin/describe_node $(VENV)/lib/qwen_vl_ros/
 
 lint: $(VENV)/.stamp-deps
 	$(VENV)/bin/ruff check .

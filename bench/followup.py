@@ -1,4 +1,4 @@
-"""Bench 6: a follow-up question about the same frame against a fresh question.
+"""Bench 7: a follow-up question about the same frame against a fresh question.
 
     python bench/followup.py --chunked-dir REAL/onnx_chunked --onnx-dir REAL/onnx [--runs 3]
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     targets = {'layer_steps_le_third': ratio <= 1 / 3,
                'no_vision_call': c['follow_up']['vision_calls'] == 0,
                'token_identical': c['token_identical'] and res['single']['token_identical']}
-    print(f'bench 6, follow-up question vs fresh question about one 448x448 frame '
+    print(f'bench 7, follow-up question vs fresh question about one 448x448 frame '
           f'(median of {args.runs} runs)')
     print(f'  machine: {machine_line(machine())}')
     for build, r in res.items():

@@ -160,6 +160,7 @@ DESCRIPTION_FIELDS = {
     'prompt_tokens': 'uint32', 'generated_tokens': 'uint32', 'preprocess_ms': 'float',
     'vision_ms': 'float', 'time_to_first_token_ms': 'float', 'decode_ms': 'float',
     'tokens_per_second': 'float', 'trigger': 'string',
+    'choices': 'sequence<string>', 'choice_index': 'int32',
 }
 
 
@@ -172,6 +173,7 @@ def test_describe_service():
     from qwen_vl_interfaces.srv import Describe
     assert Describe.Request.get_fields_and_field_types() == {
         'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32',
+        'choices': 'sequence<string>', 'json_schema': 'string', 'regex': 'string',
         'prompts': 'sequence<string>'}
     assert Describe.Response.get_fields_and_field_types() == {
         'success': 'boolean', 'message': 'string',
@@ -195,8 +197,21 @@ def test_describe_action():
         'prompt_index': 'uint32'}
 
 
+def test_detect_service():
+    """srv/Detect: built where vision_msgs is (its answer is vision_msgs' Detection2DArray)."""
+    pytest.importorskip('vision_msgs.msg', reason='vision_msgs is not installed: srv/Detect is '
+                        'not built (make venv builds it from ../shared/ros_vendor)')
+    from qwen_vl_interfaces.srv import Detect
+    assert Detect.Request.get_fields_and_field_types() == {
+        'labels': 'sequence<string>', 'prompt': 'string', 'image': 'sensor_msgs/Image',
+        'max_new_tokens': 'uint32'}
+    assert Detect.Response.get_fields_and_field_types() == {
+        'success': 'boolean', 'message': 'string',
+        'detections': 'vision_msgs/Detection2DArray', 'text': 'string'}
+
+
 @pytest.mark.parametrize('path', ['msg/Description.msg', 'srv/Describe.srv',
-                                  'action/Describe.action'])
+                                  'srv/Detect.srv', 'action/Describe.action'])
 def test_every_interface_field_is_documented(path):
     with open(os.path.join(REPO, 'qwen_vl_interfaces', path)) as f:
         lines = [line.strip() for line in f]

@@ -16,6 +16,7 @@ import numpy as np
 
 from .decoder import DecoderStack
 from .embeddings import EmbeddingTable
+from .constrain import GrammarTokenizer, choice_index, grammar_for
 from .errors import ImageError, ModelDirError, PromptTooLongError
 from .model_dir import find_model_files
 from .prompt import PromptBuilder, VisionBlock, load_tokenizer
@@ -40,6 +41,12 @@ class GenerationOptions:
     repetition_penalty: float | None = None
     seed: int | None = None
     second_per_grid_t: float = 1.0   # video: seconds per temporal group (AXERA's demo: 1.0)
+    # Typed answers (constrain.py; at most one): exactly one of these strings, JSON valid
+    # against this schema (text or dict), or a full match of this regex (Rust syntax).
+    choices: tuple | None = None
+    json_schema: str | dict | None = None
+    regex: str | None = None
+    token_probs: bool = False   # keep each chosen token's model probability (Result)
 
     def resolve(self, gen_cfg: dict) -> SamplingOptions:
         """Fill unset fields from generation_config the way transformers does."""
@@ -66,6 +73,8 @@ class Result:
     finish_reason: str  # 'stop' (eos id), 'length' (max_new_tokens / KV length), 'cancelled'
     timings_ms: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
+    choice_index: int = -1      # with choices: which one the text is (-1: none, e.g. cut short)
+    token_probs: list = field(default_factory=list)   # options.token_probs, constrained only
     vision_cached: bool = False      # the vision features came from the cache (reuse.py)
     reused_prompt_tokens: int = 0    # prompt rows kept in the KV cache, not prefilled again
 
@@ -93,6 +102,7 @@ class Pipeline:
         eos = files.generation_config.get('eos_token_id', tokenizer.eos_token_id)
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.fill = tuple(int(round(m * 255)) for m in files.image_mean)
+        self._grammar_tokenizer = None
         # Work kept for follow-up questions about the same frame (reuse.py)
         self.vision_cache = VisionCache(vision_cache_frames)
         self.prefix_cache = PrefixCache(decoder.can_resume,
@@ -246,20 +256,44 @@ class Pipeline:
         return dec.logits(dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
                                           position))
 
+    def guide(self, opts: GenerationOptions):
+        """Return the constraint state of ``opts`` (None: unconstrained); ConstraintError if bad.
+
+        llguidance's view of the tokenizer is built at the first constrained request.
+        """
+        grammar = grammar_for(opts.choices, opts.json_schema, opts.regex)
+        if grammar is None:
+            return None
+        return self.grammar_tokenizer().guide(grammar, keep_probs=opts.token_probs)
+
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """Return llguidance's view of the tokenizer, built at the first call (~5 s, 151k)."""
+        if self._grammar_tokenizer is None:
+            t0 = time.perf_counter()
+            self._grammar_tokenizer = GrammarTokenizer(
+                self.tokenizer, self.files.config.vocab_size, self.eos_ids)
+            log.info(f'typed answers: the grammar engine read the tokenizer in '
+                     f'{time.perf_counter() - t0:.1f} s (once per model)')
+        return self._grammar_tokenizer
+
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
                  on_text=None, should_stop=None, frame_keys=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
 
         ``on_text(piece)`` is called with each newly completed piece of text while decoding;
         ``should_stop()`` is asked before each decode step and ends generation early with
-        finish reason 'cancelled' when it returns True. ``frame_keys``: one hashable per frame
-        naming its content (e.g. topic, stamp, frame_id), for the vision cache; without them
-        the frames are known by their patch bytes. A follow-up question reuses the frame's
-        vision features and the prompt's common prefix in the KV cache (reuse.py).
+        finish reason 'cancelled' when it returns True. With ``choices`` / ``json_schema`` /
+        ``regex`` the logits are masked before sampling and generation ends (finish reason
+        'stop') as soon as the answer is complete; a bad constraint raises ConstraintError
+        before any model runs. ``frame_keys``: one hashable per frame naming its content (e.g.
+        topic, stamp, frame_id), for the vision cache; without them the frames are known by
+        their patch bytes. A follow-up question reuses the frame's vision features and the
+        prompt's common prefix in the KV cache (reuse.py).
         """
         opts = options or GenerationOptions()
         if opts.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
+        guide = self.guide(opts)
         dec = self.decoder
         clock = {'start': time.perf_counter()}
         ids, positions, embeds, key = self._prepare(frames, prompt, opts.second_per_grid_t,
@@ -278,7 +312,8 @@ class Pipeline:
         dec.start_decode(total)
         position = int(positions.max()) + 1
         while True:
-            token = sampler(logits)
+            token = sampler(logits) if guide is None else sampler(logits,
+                                                                  guide.candidates(logits))
             out.append(token)
             if token in self.eos_ids:
                 finish = 'stop'
@@ -287,6 +322,9 @@ class Pipeline:
                 piece = stream.push(token)
                 if piece:
                     on_text(piece)
+            if guide is not None and guide.advance(token):
+                finish = 'stop'   # the grammar allows nothing more: no end token to wait for
+                break
             slot = total + len(out) - 1
             if len(out) >= opts.max_new_tokens or slot >= dec.kv_len:
                 break
@@ -303,8 +341,9 @@ class Pipeline:
         steps = len(out) - 1  # decode steps run: the first token came from the prefill
         decode_s = t_end - t_first
         start, pre, vis = clock['start'], clock['preprocessed'], clock['vision']
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
         return Result(
-            text=self.tokenizer.decode(out, skip_special_tokens=True),
+            text=text,
             token_ids=[int(t) for t in out],
             prompt_tokens=total,
             finish_reason=finish,
@@ -312,6 +351,8 @@ class Pipeline:
                         'prefill': 1e3 * (t_first - vis), 'decode': 1e3 * decode_s,
                         'time_to_first_token': 1e3 * (t_first - start)},
             tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0,
+            choice_index=choice_index(opts.choices, text) if opts.choices else -1,
+            token_probs=guide.probs if guide is not None else [],
             vision_cached=clock['vision_cached'], reused_prompt_tokens=reused)
 
     def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0,
