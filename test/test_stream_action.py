@@ -86,9 +86,10 @@ def client(node):
 class Goal:
     """One goal sent with a real rclpy ActionClient: feedback, status and result as they come."""
 
-    def __init__(self, client, prompt='', image=None, max_new_tokens=0, prompts=()):
+    def __init__(self, client, prompt='', image=None, max_new_tokens=0, prompts=(), **fields):
         from qwen_vl_interfaces.action import Describe
-        goal = Describe.Goal(prompt=prompt, max_new_tokens=max_new_tokens, prompts=list(prompts))
+        goal = Describe.Goal(prompt=prompt, max_new_tokens=max_new_tokens, prompts=list(prompts),
+                             **fields)
         if image is not None:
             goal.image = image
         self.feedback = []
@@ -249,6 +250,15 @@ def test_prompts_share_the_frame_and_answer_in_order(client, node):
     g = Goal(client, '', img, prompts=['Fine?', '']).wait(10)
     assert status_name(g.status) == 'aborted'
     assert g.result.message == 'bad request: prompts[1] is empty'
+
+
+def test_goal_with_choices_gets_a_typed_answer(client, node):
+    """The goal's constraint fields work as the request's: the answer is one of the choices."""
+    wait_idle(node)
+    g = Goal(client, 'Is it day?', image_msg(picture(seed=30)), 8, choices=['yes', 'no']).wait()
+    assert g.result.success, g.result.message
+    assert g.result.description.text in ('yes', 'no')
+    assert ''.join(x.delta for x in g.feedback) == g.result.description.text
 
 
 def test_follow_up_about_a_topic_frame_runs_no_vision(client, node):
