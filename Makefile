@@ -40,7 +40,8 @@ PYTEST_TIMEOUT ?= 600
 PY310  ?= $(firstword $(wildcard /root/.pyenv/versions/3.10*/bin/python3) \
                       $(shell command -v python3.10 2>/dev/null))
 
-INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv/*.srv) \
+INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv/*.srv \
+                             qwen_vl_interfaces/action/*.action) \
                   qwen_vl_interfaces/CMakeLists.txt qwen_vl_interfaces/package.xml \
                   scripts/build_interfaces.sh
 

@@ -24,6 +24,7 @@ setup(
         'jinja2',  # transformers renders the chat template with it (not its own dependency)
         'onnxruntime',
         'pyyaml',
+        'llguidance>=1.9,<2',  # constrained answers (choices, JSON Schema, regex)
     ],
     extras_require={
         # torch is needed only to export Hugging Face checkpoints, never at run time.

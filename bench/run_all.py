@@ -3,7 +3,7 @@
     . scripts/ros_env.sh .venv && python bench/run_all.py [--keep DIR] [--only NAME ...]
 
 Builds the real-shape stand-ins (bench/standins.py, ~1.8 GB on disk) and the tiny model
-(qwen_vl_ros.export, needs torch) in a temporary directory, runs the five benches as separate
+(qwen_vl_ros.export, needs torch) in a temporary directory, runs the seven benches as separate
 processes (each prints its figures and writes JSON), writes RESULTS.md, and deletes the
 temporary directory (unless --keep).
 """
@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, machine_line  # noqa: E402
 
 BENCH = REPO / 'bench'
-ORDER = ('decode_host', 'frame_patches', 'memory', 'startup', 'ros_overhead')
+ORDER = ('decode_host', 'frame_patches', 'memory', 'startup', 'ros_overhead',
+         'constrained_sampling', 'followup')
 
 
 def build_tiny(out: Path) -> Path | None:
@@ -53,6 +54,9 @@ def commands(dirs: dict, tiny: Path | None, tmp: Path) -> dict:
         'ros_overhead': None if tiny is None else py + [
             str(BENCH / 'ros_overhead.py'), '--model-dir', str(tiny),
             '--log-dir', str(tmp / 'ros_log')],
+        'constrained_sampling': py + [str(BENCH / 'constrained_sampling.py')],
+        'followup': py + [str(BENCH / 'followup.py'), '--chunked-dir', str(dirs['chunked']),
+                          '--onnx-dir', str(dirs['onnx'])],
     }
 
 
@@ -123,6 +127,25 @@ def summary_rows(r: dict) -> list:
                      f"{med['axengine_emulation']['ready']:.2f} s)",
                      f"demo load {med['demo']['ready']:.2f} s",
                      f"{s['ratio_pipeline_demo']:.2f}", '(stages reported)', '-'))
+    c = r.get('constrained_sampling')
+    if c:
+        worst = max(c['results'], key=lambda x: x['added_median_ms'])
+        rows.append(('6 typed answer: grammar cost per token (worst median, p95)',
+                     f"+{worst['added_median_ms']:.2f} ms, p95 +{worst['added_p95_ms']:.1f} ms "
+                     f"({worst['grammar']}, {worst['sampling'].split(' ')[0]})",
+                     f"plain sampler {worst['plain_ms']:.2f} ms", '-', '<= 1 ms added',
+                     _fmt_ok(c['met'])))
+    fu = r.get('followup')
+    if fu:
+        c, est = fu['chunked'], fu['estimate_ms']['chunked']
+        rows.append(('7 follow-up question, chunked build: layer-steps / vision calls to first '
+                     'token', f"{c['follow_up']['layer_steps']} / {c['follow_up']['vision_calls']}"
+                     f" (board estimate {est['follow_up']:.0f} ms)",
+                     f"fresh question {c['fresh']['layer_steps']} / {c['fresh']['vision_calls']}"
+                     f" (estimate {est['fresh']:.0f} ms)", f"{fu['ratio_layer_steps']:.3f}",
+                     '<= 1/3, no vision call',
+                     _fmt_ok(fu['targets']['layer_steps_le_third'] and
+                             fu['targets']['no_vision_call'])))
     return rows
 
 
@@ -150,6 +173,10 @@ NOTES = """\
 - Bench 3 counts the table's resident pages through /proc/self/smaps while it is in use.
 - The board's Cortex-A55 cores are several times slower than this CPU at Python and numpy:
   expect several times the host figures there, still small against the NPU's 161 ms per token.
+- Bench 7 counts runtime calls (what the NPU would run) for a fresh question and a follow-up
+  about the same frame on a chunked-prefill build (chunk 128) and on the p320 build; its board
+  times are ESTIMATES from the model card's stage times (vision 788 ms per call, ~10.9 ms per
+  layer-step of a 128-row chunk), not measurements.
 - On the older pyaxengine API (load_from_model / set_runtime_context) the runner's buffers are
   compiled code, so the pipeline falls back to feeding whole caches (about the
   `pipeline_plain_run` figure of bench 1 b); so does the M.2 card's AXCLRT provider.

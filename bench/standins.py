@@ -9,7 +9,9 @@ vocab 151936; prefill 320, KV length 1023, vision 448x448):
 - ``OUT/onnx``: the ONNX stand-in layout (docs/LAYOUT.md) with the 151936 x 2048 float32 table
   (1.2 GB), the real config, tokenizer and chat template;
 - ``OUT/onnx_bf16``: the same models (symlinks) with the raw bf16 table (0.6 GB) instead;
-- ``OUT/axmodel``: the stub-NPU axmodel layout of ``OUT/onnx`` (scripts/pack_npu_stub.py).
+- ``OUT/axmodel``: the stub-NPU axmodel layout of ``OUT/onnx`` (scripts/pack_npu_stub.py);
+- ``OUT/onnx_chunked``: a chunked-prefill build (chunk 128, histories 128..512, as AXERA's
+  chunk_prefill_512) with the other files of ``OUT/onnx`` linked.
 
 The graphs only move data: a layer's ``output`` is its ``input``, ``K_cache_out`` /
 ``V_cache_out`` are slices of it; the vision output is a slice of the patch bytes; the post
@@ -146,6 +148,33 @@ def write_config_without_shared(out: Path) -> None:
         (out / name).write_text(json.dumps(data, indent=2) + '\n')
 
 
+CHUNK, HISTORIES = 128, (128, 256, 384, 512)   # AXERA's chunk_prefill_512 build
+
+
+def build_chunked(onnx_dir: Path, out: Path, chunk: int = CHUNK,
+                  histories: tuple = HISTORIES) -> Path:
+    """Write a chunked-prefill build (p128, histories 128..512) beside ``onnx_dir``.
+
+    Only the decoder layers differ: every other file of ``onnx_dir`` is linked.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for p in onnx_dir.iterdir():
+        if '_together_' not in p.name and not (out / p.name).exists():
+            os.symlink(p, out / p.name)
+    cfg = json.loads((onnx_dir / 'config.json').read_text())
+    text = dict(cfg, **(cfg.get('text_config') or {}))
+    hidden = text['hidden_size']
+    kv_dim = hidden // text['num_attention_heads'] * text['num_key_value_heads']
+    groups = layer_groups(hidden, kv_dim, chunk, KV_LEN, histories)
+    for g in groups:
+        layer_graph(g, out / f'qwen2_5_vl_p{chunk}_l0_together_g{g.index}.onnx')
+    for i in range(1, text['num_hidden_layers']):
+        for g in groups:
+            shutil.copyfile(out / f'qwen2_5_vl_p{chunk}_l0_together_g{g.index}.onnx',
+                            out / f'qwen2_5_vl_p{chunk}_l{i}_together_g{g.index}.onnx')
+    return out
+
+
 def build(out: Path, tables=('npy', 'bf16'), axmodel: bool = True, log=print) -> dict:
     """Write the stand-in directories; return their paths."""
     onnx_dir = out / 'onnx'
@@ -176,7 +205,7 @@ def build(out: Path, tables=('npy', 'bf16'), axmodel: bool = True, log=print) ->
     log(f'writing the {vocab}x{hidden} float32 table ({vocab * hidden * 4 / 2**30:.2f} GiB)')
     write_npy_table(npy, vocab, hidden)
     dirs = {'onnx': onnx_dir, 'hidden': hidden, 'layers': layers, 'vocab': vocab,
-            'kv_dim': kv_dim}
+            'kv_dim': kv_dim, 'chunked': build_chunked(onnx_dir, out / 'onnx_chunked')}
     if 'bf16' in tables:
         bf16_dir = out / 'onnx_bf16'
         bf16_dir.mkdir(exist_ok=True)

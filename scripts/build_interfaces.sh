@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the qwen_vl_interfaces package (rosidl: msg + srv) with plain cmake and install it into a
+# Build the qwen_vl_interfaces package (rosidl: msg + srv + action) with plain cmake and install it into a
 # venv that holds the ROS 2 wheels, working around the pitfalls listed in
 # shared/docs/PLATFORM.md:
 #   1. the message wheels' *rosidl_generator_pyExport.cmake files carry the wheel builder's
@@ -56,6 +56,28 @@ print(f'build_interfaces: include dirs -> {py_inc}, {np_inc} '
       f'({changed} of {len(files)} export files rewritten)')
 PY
 
+# vision_msgs (for srv/Detect.srv): robots get it from apt (rosdep key vision_msgs); PyPI does
+# not have it, so it is built into the venv from the team's unmodified upstream copy when that
+# exists (VISION_MSGS_SRC, or ../shared/ros_vendor beside the repository), once. Without it
+# qwen_vl_interfaces builds without Detect and the node says that detections are off.
+vision_src="${VISION_MSGS_SRC:-$repo/../shared/ros_vendor/vision_msgs-4.1.1/vision_msgs}"
+if "$py" -c 'import vision_msgs.msg' 2>/dev/null; then
+  echo "build_interfaces: vision_msgs already in $venv"
+elif [ -f "$vision_src/package.xml" ]; then
+  echo "build_interfaces: building vision_msgs from $vision_src"
+  vbuild="$(dirname "$build")/vision_msgs"
+  rm -rf "$vbuild"
+  cmake -S "$vision_src" -B "$vbuild" \
+    -DCMAKE_PREFIX_PATH="$venv" -DCMAKE_INSTALL_PREFIX="$venv" -DPython3_EXECUTABLE="$py" \
+    -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$vbuild" -j "$(nproc 2>/dev/null || echo 2)"
+  cmake --install "$vbuild"
+  "$py" -c 'from vision_msgs.msg import Detection2DArray; print("build_interfaces: vision_msgs ok")'
+else
+  echo "build_interfaces: no vision_msgs (not installed, no source at $vision_src):" \
+       "qwen_vl_interfaces is built without srv/Detect.srv"
+fi
+
 # (2, 3) Configure from scratch (a stale cache may name another venv), build, install.
 rm -rf "$build"
 cmake -S "$src" -B "$build" \
@@ -68,4 +90,4 @@ cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)"
 cmake --install "$build"
 
 # Smoke test: the generated Python types import from the venv.
-"$py" -c 'from qwen_vl_interfaces.msg import Description; from qwen_vl_interfaces.srv import Describe; print("build_interfaces: ok:", Description.__name__, Describe.__name__)'
+"$py" -c 'from qwen_vl_interfaces.msg import Description; from qwen_vl_interfaces.srv import Describe; from qwen_vl_interfaces.action import Describe as DescribeAction; print("build_interfaces: ok:", Description.__name__, Describe.__name__, DescribeAction.__name__)'

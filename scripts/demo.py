@@ -80,7 +80,9 @@ def venv_tool(name: str, module: str) -> list:
 def tiny_model(out: Path) -> Path:
     """Build (or reuse) the tiny random-weight model: HF checkpoint -> ONNX stand-ins."""
     hf_dir, onnx_dir, stamp = out / 'tiny_hf', out / 'tiny_onnx', out / 'tiny_onnx.stamp'
-    digest = exporter_digest()
+    # prefill 512 (the AX650N build has 320): the tiny tokenizer spells prompts out in many
+    # tokens, and the demo's ~/detect prompt plus 256 image tokens needs more than 320
+    digest = exporter_digest() + ' prefill 512'
     if onnx_dir.is_dir() and stamp.is_file() and stamp.read_text().strip() == digest:
         say(f'reusing the tiny model in {onnx_dir}')
         return onnx_dir
@@ -94,7 +96,8 @@ def tiny_model(out: Path) -> Path:
                    check=True, stdout=subprocess.DEVNULL)
     say('exporting it to ONNX stand-ins (qwen-vl-export) ...')
     subprocess.run(venv_tool('qwen-vl-export', 'qwen_vl_ros.export.cli') +
-                   ['--hf-dir', str(hf_dir), '--out', str(onnx_dir)], check=True)
+                   ['--hf-dir', str(hf_dir), '--out', str(onnx_dir), '--prefill-len', '512'],
+                   check=True)
     stamp.write_text(digest + '\n')
     say(f'tiny model ready in {time.monotonic() - t0:.1f} s: {onnx_dir}')
     return onnx_dir
@@ -118,6 +121,10 @@ def node_command(model_dir: Path, args) -> list:
                         ('image_transport', 'compressed' if compressed else 'raw'),
                         ('use_sim_time', 'true')):
         cmd += ['-p', f'{name}:={value}']
+    if not args.model_dir:
+        # the tiny model's generation_config is near-greedy (top_k 1), and its greedy box list
+        # is empty: sample, so that ~/detect shows boxes (random weights: noise either way)
+        cmd += ['-p', 'temperature:=1.5', '-p', 'top_k:=0', '-p', 'top_p:=1.0']
     cmd += ['-r', f'image:={CAMERA}', '-r', f'image/compressed:={CAMERA}/compressed']
     return cmd
 
@@ -194,13 +201,7 @@ def call_describe(node, client, prompt: str, image, timeout: float):
     req.prompt = prompt
     if image is not None:
         req.image = image
-    done = threading.Event()
-    future = client.call_async(req)
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        client.remove_pending_request(future)
-        return None
-    return future.result()
+    return call(client, req, timeout)
 
 
 def request_image(rgb, stamp_ns: int):
@@ -211,6 +212,76 @@ def request_image(rgb, stamp_ns: int):
     msg.header.stamp.sec = stamp_ns // 1_000_000_000
     msg.header.stamp.nanosec = stamp_ns % 1_000_000_000
     return msg
+
+
+def typed_and_detect(node, describe_client, image, out: Path, timeout: float) -> None:
+    """Step 5b: a typed answer, then ~/detect with ~/annotated_image saved as a PNG."""
+    import cv2
+    import numpy as np
+    from qwen_vl_interfaces.srv import Describe
+    from sensor_msgs.msg import Image
+    step('5b. a typed answer (~/describe with choices) and ~/detect with ~/annotated_image')
+    req = Describe.Request(prompt='Is the disc red?', image=image, choices=['yes', 'no'])
+    r = call(describe_client, req, timeout)
+    if r is not None and r.success:
+        say(f"-> choices ['yes', 'no']: {r.description.text!r} (choice_index "
+            f'{r.description.choice_index}, {r.description.generated_tokens} token(s), '
+            f'finish {r.description.finish_reason})')
+    else:
+        say(f'-> typed answer failed: {r.message if r is not None else "no answer in time"}')
+    try:
+        from qwen_vl_interfaces.srv import Detect
+    except ImportError as e:
+        say(f'-> ~/detect skipped: vision_msgs is not installed ({e})')
+        return
+    images = []
+    sub = node.create_subscription(Image, f'/{NODE}/annotated_image', images.append, 1)
+    end = time.monotonic() + 10
+    while node.count_publishers(f'/{NODE}/annotated_image') < 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(1.0)   # let the node see this subscriber (it draws only while subscribed)
+    client = node.create_client(Detect, f'/{NODE}/detect')
+    client.wait_for_service(timeout_sec=10.0)
+    labels = ['disc', 'square', 'triangle']
+    for attempt in range(1, 9):
+        # random weights: ask until the sampled answer has a box, to show one drawn
+        req = Detect.Request(labels=labels, image=image, max_new_tokens=160)
+        r = call(client, req, timeout)
+        if r is None or not r.success:
+            say(f'-> ~/detect failed: {r.message if r is not None else "no answer in time"}')
+            break
+        boxes = [(d.results[0].hypothesis.class_id, round(d.bbox.center.position.x),
+                  round(d.bbox.center.position.y), round(d.bbox.size_x), round(d.bbox.size_y),
+                  round(d.results[0].hypothesis.score, 3)) for d in r.detections.detections]
+        say(f'-> ~/detect {labels} (try {attempt}): answer {r.text!r}' +
+            (f' ({r.message})' if r.message else ''))
+        say(f'   boxes in the 320x240 request image (label, centre x, y, size x, y, score): '
+            f'{boxes}')
+        if boxes:
+            break
+    end = time.monotonic() + 5
+    while not images and time.monotonic() < end:
+        time.sleep(0.05)
+    node.destroy_subscription(sub)
+    if images:
+        m = images[-1]
+        bgr = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3)
+        cv2.imwrite(str(out / 'annotated_image.png'), bgr)
+        say(f'   ~/annotated_image ({m.width}x{m.height} {m.encoding}) saved as '
+            f'{out / "annotated_image.png"}')
+    else:
+        say('   no ~/annotated_image received')
+
+
+def call(client, request, timeout: float):
+    """Call a service and wait (bounded); the response or None."""
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        client.remove_pending_request(future)
+        return None
+    return future.result()
 
 
 # -- the whole demo ---------------------------------------------------------------------------
@@ -335,6 +406,8 @@ def main(argv=None) -> int:
                 say(format_description(r.description, frame_of) +
                     f'\n          answered in {time.monotonic() - t:.2f} s')
         described = watcher.count
+        typed_and_detect(demo, client, request_image(moving_shapes(7, 320, 240), sim_now), out,
+                         args.answer_timeout)
     finally:
         stop.set()
         if executor is not None:

@@ -38,9 +38,13 @@ def frame(seed=0):
 # -- the core, in-process -----------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def faulty(tiny_onnx_dir):
-    """(pipeline with wrapped sessions, its plan, the clean greedy tokens of frame(0))."""
+    """(pipeline with wrapped sessions, its plan, the clean greedy tokens of frame(0)).
+
+    No vision cache: every request about frame(0) runs the vision model, so a vision fault
+    fires (a follow-up would reuse the features, vlm/reuse.py).
+    """
     pipe = Pipeline.load(str(tiny_onnx_dir), backend='onnxruntime', threads=1,
-                         progress=lambda m: None)
+                         progress=lambda m: None, vision_cache_frames=0)
     plan = FaultPlan()
     wrap_pipeline(pipe, plan)
     clean = pipe.describe([frame()], 'Describe this image.', GREEDY).token_ids

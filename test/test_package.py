@@ -163,6 +163,7 @@ DESCRIPTION_FIELDS = {
     'prompt_tokens': 'uint32', 'generated_tokens': 'uint32', 'preprocess_ms': 'float',
     'vision_ms': 'float', 'time_to_first_token_ms': 'float', 'decode_ms': 'float',
     'tokens_per_second': 'float', 'trigger': 'string',
+    'choices': 'sequence<string>', 'choice_index': 'int32',
 }
 
 
@@ -174,15 +175,46 @@ def test_description_message():
 def test_describe_service():
     from qwen_vl_interfaces.srv import Describe
     assert Describe.Request.get_fields_and_field_types() == {
-        'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32'}
+        'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32',
+        'choices': 'sequence<string>', 'json_schema': 'string', 'regex': 'string',
+        'prompts': 'sequence<string>'}
     assert Describe.Response.get_fields_and_field_types() == {
         'success': 'boolean', 'message': 'string',
-        'description': 'qwen_vl_interfaces/Description'}
+        'description': 'qwen_vl_interfaces/Description',
+        'descriptions': 'sequence<qwen_vl_interfaces/Description>'}
     request = Describe.Request()
     assert request.prompt == '' and request.image.width == 0 and request.max_new_tokens == 0
+    assert list(request.prompts) == []
 
 
-@pytest.mark.parametrize('path', ['msg/Description.msg', 'srv/Describe.srv'])
+def test_describe_action():
+    from qwen_vl_interfaces.action import Describe
+    from qwen_vl_interfaces.srv import Describe as DescribeService
+    # the goal asks what the service request asks; the result answers what its response does
+    assert Describe.Goal.get_fields_and_field_types() == \
+        DescribeService.Request.get_fields_and_field_types()
+    assert Describe.Result.get_fields_and_field_types() == \
+        DescribeService.Response.get_fields_and_field_types()
+    assert Describe.Feedback.get_fields_and_field_types() == {
+        'text': 'string', 'delta': 'string', 'generated_tokens': 'uint32',
+        'prompt_index': 'uint32'}
+
+
+def test_detect_service():
+    """srv/Detect: built where vision_msgs is (its answer is vision_msgs' Detection2DArray)."""
+    pytest.importorskip('vision_msgs.msg', reason='vision_msgs is not installed: srv/Detect is '
+                        'not built (make venv builds it from ../shared/ros_vendor)')
+    from qwen_vl_interfaces.srv import Detect
+    assert Detect.Request.get_fields_and_field_types() == {
+        'labels': 'sequence<string>', 'prompt': 'string', 'image': 'sensor_msgs/Image',
+        'max_new_tokens': 'uint32'}
+    assert Detect.Response.get_fields_and_field_types() == {
+        'success': 'boolean', 'message': 'string',
+        'detections': 'vision_msgs/Detection2DArray', 'text': 'string'}
+
+
+@pytest.mark.parametrize('path', ['msg/Description.msg', 'srv/Describe.srv',
+                                  'srv/Detect.srv', 'action/Describe.action'])
 def test_every_interface_field_is_documented(path):
     with open(os.path.join(REPO, 'qwen_vl_interfaces', path)) as f:
         lines = [line.strip() for line in f]

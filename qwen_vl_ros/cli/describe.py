@@ -1,8 +1,11 @@
 """qwen-vl-describe: one description from the shell, without a ROS graph.
 
     qwen-vl-describe --model-dir DIR --image a.jpg [--image b.jpg ...] [--prompt TEXT] [--json]
+                     [--follow-up TEXT ...]
 
-Several images are one video (in the order given).
+Several images are one video (in the order given). Each --follow-up is a further question about
+the same images, answered after the first one; it reuses their vision features (and, on a
+chunked-prefill build, the KV rows of the common prompt prefix).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ..image_msg import decode_compressed
 from ..vlm import GenerationOptions, ImageError, Pipeline, VLMError
+from ..vlm.constrain import grammar_for
 from ..vlm.prompt import keep_torch_out
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
@@ -47,6 +52,28 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--seed', type=int)
     p.add_argument('--second-per-grid-t', type=float, default=1.0,
                    help='video: seconds one pair of frames spans (rope temporal step)')
+    typed = p.add_mutually_exclusive_group()
+    typed.add_argument('--choices', type=split_choices,
+                       help='the answer is exactly one of these comma-separated strings '
+                            '(e.g. yes,no; write \\, for a comma inside one)')
+    typed.add_argument('--json-schema', type=read_json_schema,
+                       help='the answer is JSON valid against this JSON Schema (a file or '
+                            'the schema text)')
+    typed.add_argument('--regex', help='the answer fully matches this regex (Rust syntax)')
+
+
+def split_choices(text: str) -> tuple:
+    r"""Return 'yes,no' as ('yes', 'no'); a backslash-comma is a comma inside a choice."""
+    parts = [p.replace('\0', ',') for p in text.replace('\\,', '\0').split(',')]
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def read_json_schema(text: str) -> str:
+    """--json-schema: the text of a file when ``text`` names one, else ``text`` itself."""
+    if not text.lstrip().startswith('{') and os.path.isfile(text):
+        with open(text, encoding='utf-8') as f:
+            return f.read()
+    return text
 
 
 def load_pipeline(args, progress=None) -> Pipeline:
@@ -62,7 +89,8 @@ def generation_options(args) -> GenerationOptions:
         max_new_tokens=args.max_new_tokens, greedy=True if args.greedy else None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, seed=args.seed,
-        second_per_grid_t=args.second_per_grid_t)
+        second_per_grid_t=args.second_per_grid_t, choices=getattr(args, 'choices', None),
+        json_schema=getattr(args, 'json_schema', None), regex=getattr(args, 'regex', None))
 
 
 def read_rgb(path: str, bit_depth: int = 0):
@@ -88,7 +116,8 @@ def result_dict(result, **extra) -> dict:
                 prompt_tokens=result.prompt_tokens, generated_tokens=len(result.token_ids),
                 finish_reason=result.finish_reason,
                 timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
-                tokens_per_second=round(result.tokens_per_second, 3))
+                tokens_per_second=round(result.tokens_per_second, 3),
+                choice_index=result.choice_index)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', help='--bag: JSONL file to write (default: stdout)')
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.add_argument('--stream', action='store_true', help='print text as it is generated')
+    p.add_argument('--detect', type=split_choices, metavar='LABELS',
+                   help='find these comma-separated objects in the one --image: prints the '
+                        'boxes (source pixels) as JSON, as ~/detect answers')
+    p.add_argument('--refer', default='', metavar='EXPRESSION',
+                   help='with or instead of --detect: a referring expression to locate')
+    p.add_argument('--follow-up', action='append', default=[], metavar='TEXT',
+                   help='a further question about the same images (repeatable); with --json '
+                        'one JSON object per question, one per line')
     return p
 
 
@@ -114,6 +151,27 @@ def error_line(error: BaseException) -> str:
     if isinstance(error, VLMError):
         return text or type(error).__name__
     return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def detect_main(args) -> int:
+    """--detect / --refer: one image in, its boxes (source pixels) out, one JSON object."""
+    from ..vlm.grounding import box_schema, detect, grounding_prompt
+    if len(args.image) != 1:
+        raise VLMError('--detect / --refer take exactly one --image')
+    frame = read_rgb(args.image[0], args.bit_depth)
+    grounding_prompt(args.detect or (), args.refer)        # refuse before loading
+    grammar_for(json_schema=box_schema(args.detect or (), args.refer))
+    pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
+    found = detect(pipe, frame, args.detect or (), args.refer, generation_options(args))
+    print(json.dumps({
+        'detections': [{'label': d.label, 'box': [round(v, 2) for v in d.box],
+                        'score': round(d.score, 6), 'input_box': list(d.input_box)}
+                       for d in found.detections],
+        'image_size': [int(frame.shape[1]), int(frame.shape[0])],
+        'text': found.text, 'complete': found.complete, 'notes': found.notes,
+        **{k: v for k, v in result_dict(found.result).items() if k != 'text'}},
+        ensure_ascii=False))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -136,22 +194,30 @@ def _run(args) -> int:
     if args.bag:
         from .annotate_bag import annotate_bag
         return annotate_bag(args)
+    if args.detect or args.refer:
+        return detect_main(args)
     if not args.image and not args.prompt:
         raise VLMError('give --image FILE and/or --prompt TEXT')
     frames = [read_rgb(p, args.bit_depth) for p in args.image]
+    options = generation_options(args)
+    grammar_for(options.choices, options.json_schema, options.regex)  # refuse before loading
     pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
 
     def on_text(piece):
         print(piece, end='', flush=True)
 
-    result = pipe.describe(frames, args.prompt, generation_options(args),
-                           on_text=on_text if args.stream and not args.json else None)
-    if args.json:
-        print(json.dumps(result_dict(result), ensure_ascii=False))
-    elif args.stream:
-        print()
-    else:
-        print(result.text)
+    for prompt in [args.prompt] + args.follow_up:
+        result = pipe.describe(frames, prompt, options,
+                               on_text=on_text if args.stream and not args.json else None)
+        if args.json:
+            extra = {} if not args.follow_up else dict(
+                prompt=prompt, vision_cached=result.vision_cached,
+                reused_prompt_tokens=result.reused_prompt_tokens)
+            print(json.dumps(result_dict(result, **extra), ensure_ascii=False), flush=True)
+        elif args.stream:
+            print(flush=True)
+        else:
+            print(result.text, flush=True)
     return 0
 
 

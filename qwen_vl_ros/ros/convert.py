@@ -5,6 +5,7 @@ from __future__ import annotations
 from qwen_vl_interfaces.msg import Description
 from std_msgs.msg import String
 
+from ..vlm.constrain import ConstraintError, grammar_for
 from ..vlm.errors import (ImageError, ModelDirError, PromptError, PromptTooLongError,
                           RuntimeFailure, VLMError)
 from .worker import Cancelled, RuntimeHung
@@ -23,7 +24,7 @@ def ros_string(text: str) -> str:
 
 
 def description_msg(result, header, prompt: str, trigger: str,
-                    convert_ms: float = 0.0) -> Description:
+                    convert_ms: float = 0.0, choices=()) -> Description:
     """Build the Description of ``result``.
 
     ``header`` is the source image's; ``convert_ms`` the time spent turning the image message
@@ -43,6 +44,8 @@ def description_msg(result, header, prompt: str, trigger: str,
     msg.decode_ms = float(t.get('decode', 0.0))
     msg.tokens_per_second = float(result.tokens_per_second)
     msg.trigger = trigger
+    msg.choices = list(choices or ())
+    msg.choice_index = int(getattr(result, 'choice_index', -1))
     return msg
 
 
@@ -55,6 +58,7 @@ _KINDS = (
     (ImageError, 'image_errors', 'bad image'),
     (PromptTooLongError, 'prompt_errors', 'prompt too long'),
     (PromptError, 'prompt_errors', 'bad prompt'),
+    (ConstraintError, 'request_errors', 'bad constraint'),
     (RuntimeFailure, 'runtime_errors', 'runtime error'),
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),
@@ -74,3 +78,19 @@ def error_kind(error: BaseException) -> tuple[str, str]:
 def one_line(error: BaseException | str) -> str:
     """Return the message of ``error`` on one line."""
     return ' '.join(str(error).split()) or type(error).__name__
+
+
+def request_constraint(request) -> tuple[dict, str | None]:
+    """Return a ~/describe request's typed-answer fields: ({field: value}, None) or ({}, why).
+
+    Empty fields = the parameters' constraint. Checked here so that a bad schema or regex is
+    answered at once, before the request waits for the model.
+    """
+    fields = {'choices': tuple(c for c in request.choices if c.strip()),
+              'json_schema': request.json_schema, 'regex': request.regex}
+    given = {k: v for k, v in fields.items() if v}
+    try:
+        grammar_for(**given)
+    except ConstraintError as e:
+        return {}, f'bad constraint: {e}'
+    return given, None

@@ -38,6 +38,18 @@ class Source:
             return int(self.received.nanoseconds)
         return ns
 
+    def cache_key(self, topic: str):
+        """Name of this frame for the core's vision cache, or None for a request image.
+
+        A topic frame is known by topic, header stamp and frame_id (a zero stamp: by its
+        arrival number); a request image by its bytes, which the core digests itself.
+        """
+        if not self.from_topic:
+            return None
+        st = self.msg.header.stamp
+        when = (st.sec, st.nanosec) if (st.sec or st.nanosec) else ('arrival', self.seq)
+        return (topic, when, self.msg.header.frame_id)
+
     def to_rgb(self, max_pixels: int, bit_depth: int = 0):
         """HxWx3 uint8 RGB; raises ImageError with the reason (bit_depth: image_msg.to_8bit)."""
         if self.compressed:

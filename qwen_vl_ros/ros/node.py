@@ -35,16 +35,22 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..vlm import Pipeline
+from ..vlm.grounding import detect as find_objects
 from ..vlm.prompt import keep_torch_out
-from . import params, signals
-from .convert import SERVICE, TIMER, description_msg, error_kind, one_line, text_msg
+from . import annotate, params, signals
+from . import detect as detect_io
+from .convert import (SERVICE, TIMER, description_msg, error_kind, one_line, request_constraint,
+                      text_msg)
 from .diagnostics import Counters, NodeHealth, Reporter
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
 from .inflow import InflowWatch, create_image_subscription
 from .health import EXIT_HUNG, HangWatchdog
+from .questions import questions
+from .stream_action import StreamAction
 from .worker import Cancelled, InferenceWorker, Job, Refused
 
 NODE_NAME = 'qwen_vl'
@@ -52,6 +58,9 @@ THROTTLE_S = 5.0
 # Executor threads besides one per request that may wait on the worker: image subscription,
 # timer, diagnostics, parameter services, and immediate "busy" replies.
 SPARE_THREADS = 4
+# ~/describe_stream's goal, cancel and result requests, answered while goals wait on the worker.
+ACTION_THREADS = 2
+STREAM = 'action'
 SERVICE_DEPTH = 100
 
 
@@ -109,7 +118,7 @@ class DescribeNode(Node):
 
     @property
     def executor_threads(self) -> int:
-        return self.settings.queue_size + 1 + SPARE_THREADS
+        return self.settings.queue_size + 1 + SPARE_THREADS + ACTION_THREADS
 
     def _new_worker(self, load) -> InferenceWorker:
         s = self.settings
@@ -137,6 +146,28 @@ class DescribeNode(Node):
                                        reliability=ReliabilityPolicy.RELIABLE,
                                        durability=DurabilityPolicy.VOLATILE),
                 callback_group=ReentrantCallbackGroup())
+            # (a managed node's worker changes on each activate: withdraw goes to the current)
+            self._stream = StreamAction(self, self._start_stream,
+                                        lambda *a, **k: self.worker.withdraw(*a, **k),
+                                        self._closing, ReentrantCallbackGroup())
+            # Detections (ros/detect.py; vision_msgs may be missing) and the annotated image
+            # (ros/annotate.py; drawn only while subscribed).
+            self._annotator = annotate.Annotator(
+                self.create_publisher(Image, '~/annotated_image', 1))
+            self._pub_detections = None
+            if detect_io.AVAILABLE:
+                self._pub_detections = self.create_publisher(detect_io.Detection2DArray,
+                                                             '~/detections', 10)
+                self._detect_service = self.create_service(
+                    detect_io.Detect, '~/detect', self._on_detect,
+                    qos_profile=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SERVICE_DEPTH,
+                                           reliability=ReliabilityPolicy.RELIABLE,
+                                           durability=DurabilityPolicy.VOLATILE),
+                    callback_group=ReentrantCallbackGroup())
+            else:
+                _warning(self.get_logger())(detect_io.MISSING)
+                self._detect_service = self.create_service(Trigger, '~/detect',
+                                                           detect_io.unavailable)
         if self._image_sub is None:
             qos = QoSProfile(
                 history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
@@ -166,9 +197,13 @@ class DescribeNode(Node):
 
     def _load(self):
         s = self.settings
-        return Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend, threads=s.threads,
-                             system_prompt=s.system_prompt, resize=s.resize,
-                             progress=lambda m: self.get_logger().info(m))
+        pipeline = Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend,
+                                 threads=s.threads, system_prompt=s.system_prompt,
+                                 resize=s.resize, progress=lambda m: self.get_logger().info(m),
+                                 vision_cache_frames=s.vision_cache_frames)
+        if s.choices or s.json_schema or s.regex or s.mode == 'detect':
+            pipeline.grammar_tokenizer()   # the timer's typed answers: no delay at the first
+        return pipeline
 
     def _on_loaded(self, pipeline, seconds: float) -> None:
         s = self.settings
@@ -330,7 +365,18 @@ class DescribeNode(Node):
                                         throttle_duration_sec=THROTTLE_S)
             return
         s = self.settings
-        job = self._job(kept if video_frames else [source], s.prompt, s, 0, TIMER)
+        if s.mode == 'detect':
+            problem = ('vision_msgs is not installed (see the start-up warning)'
+                       if not detect_io.AVAILABLE else
+                       '' if s.labels else 'parameter labels is empty')
+            if problem:
+                n = self.counters.inc('timer_skipped_no_detect', problem)
+                _warning(self.get_logger())(f'timer: mode detect: {problem}; tick skipped '
+                                            f'({n} so far)', throttle_duration_sec=THROTTLE_S)
+                return
+            job = self._job([source], '', s, 0, TIMER, detect=(s.labels, ''))
+        else:
+            job = self._job(kept if video_frames else [source], s.prompt, s, 0, TIMER)
         try:
             self.worker.submit(job, only_if_idle=True)
         except Refused as r:
@@ -347,13 +393,8 @@ class DescribeNode(Node):
                 f'about {(wanted - kept) * interval:g} s to go if frames keep coming')
 
     # -- service ------------------------------------------------------------------------------
-    def _on_describe(self, request, response):
-        if not self.active:
-            return _refuse(response, 'inactive: the node is managed and not active (ros2 '
-                                     f'lifecycle set {self._diag_name} activate)')
-        s = self.settings
-        prompt = request.prompt if request.prompt.strip() else s.prompt
-        image = request.image
+    def _sources_for(self, image) -> tuple:
+        """Resolve the frames a request or goal is about: (sources, None) or (None, why not)."""
         if image.width or image.height or len(image.data) or image.encoding:
             # a request image is always described as an image, in video mode too
             sources = [Source(image, compressed=False, from_topic=False)]
@@ -361,43 +402,71 @@ class DescribeNode(Node):
             video_frames, kept = self.frames.video()
             newest = self.frames.newest()
             if newest is None:
-                return _refuse(response, f'no image: nothing received on {self.image_topic} '
-                                         'yet, and the request has no image'
-                                         + self.inflow.hint())
+                return None, (f'no image: nothing received on {self.image_topic} yet, and '
+                              'the request has no image' + self.inflow.hint())
             if len(kept) < video_frames:
-                return _refuse(response, self._filling(len(kept), video_frames))
+                return None, self._filling(len(kept), video_frames)
             sources = kept if video_frames else [newest]
-        source = sources[-1]   # the newest frame: its age counts, its header is published
-        stale = self._stale_reason(source)
+        # the newest frame: its age counts, its header is published
+        stale = self._stale_reason(sources[-1])
         if stale:
             self.counters.inc('stale_refused', stale)
-            return _refuse(response, stale)
-        job = self._job(sources, prompt, s, request.max_new_tokens, SERVICE)
+            return None, stale
+        return sources, None
+
+    def _request(self, request) -> tuple:
+        """(questions, sources, constraint, None) of a request or goal, or (..., why not)."""
+        try:
+            prompts = questions(request.prompt, request.prompts, self.settings.prompt)
+        except ValueError as e:
+            return None, None, None, str(e)
+        sources, why = self._sources_for(request.image)
+        if why:
+            return None, None, None, why
+        constraint, problem = request_constraint(request)
+        if problem:
+            self.counters.inc('request_errors', problem)
+            return None, None, None, problem
+        return prompts, sources, constraint, None
+
+    def _on_describe(self, request, response):
+        if not self.active:
+            return _refuse(response, 'inactive: the node is managed and not active (ros2 '
+                                     f'lifecycle set {self._diag_name} activate)')
+        prompts, sources, constraint, why = self._request(request)
+        if why:
+            return _refuse(response, why)
+        job = self._job(sources, prompts, self.settings, request.max_new_tokens, SERVICE,
+                        constraint)
+        problem = self._submit_and_wait(job, sources[-1])
+        if problem:
+            return _refuse(response, problem)
+        response.success = True
+        response.message = ''
+        response.description = job.result[0]
+        response.descriptions = job.result
+        return response
+
+    # -- action ~/describe_stream (stream_action.py) ------------------------------------------
+    def _start_stream(self, goal, progress) -> tuple:
+        """Resolve a goal and queue its job with the service's: (job, None) or (None, why).
+
+        The goal carries what the ~/describe request carries (questions, image, constraints).
+        """
+        prompts, sources, constraint, why = self._request(goal)
+        if why:
+            return None, why
+        job = self._job(sources, prompts, self.settings, goal.max_new_tokens, STREAM,
+                        constraint, progress=progress)
         try:
             self.worker.submit(job)
         except Refused as r:
             if r.kind == 'busy':
                 self.counters.inc('busy_replies')
-            return _refuse(response, str(r))
-        if source.from_topic:
-            self.frames.mark_described(source)
-        deadline = time.monotonic() + s.request_timeout_s
-        while not job.done.wait(0.1):
-            # bounded, and never holding an executor thread past shut-down (the executor
-            # waits for its threads; a model run cannot be interrupted)
-            if self._closing.is_set():
-                job.cancel()
-                return _refuse(response, 'shutting down')
-            if time.monotonic() > deadline:
-                job.cancel()
-                return _refuse(response, f'timeout: no answer within request_timeout_s = '
-                                         f'{s.request_timeout_s:g} s')
-        if job.error is not None:
-            return _refuse(response, error_kind(job.error)[1])
-        response.success = True
-        response.message = ''
-        response.description = job.result
-        return response
+            return None, str(r)
+        if sources[-1].from_topic:
+            self.frames.mark_described(sources[-1])
+        return job, None
 
     @property
     def _diag_name(self) -> str:
@@ -410,17 +479,27 @@ class DescribeNode(Node):
         return name
 
     # -- the work -----------------------------------------------------------------------------
-    def _job(self, sources: list, prompt: str, s: params.Settings, max_new_tokens: int,
-             trigger: str) -> Job:
-        """Make a job that converts the frames, runs the model and publishes the description.
+    def _job(self, sources: list, prompts, s: params.Settings, max_new_tokens: int,
+             trigger: str, constraint: dict | None = None, detect: tuple | None = None,
+             progress=None) -> Job:
+        """Make a job that converts the frames, runs the model and publishes the descriptions.
 
         One source = an image; several = one video (oldest first), published with the header
-        of the newest.
+        of the newest. ``constraint``: a request's own choices / json_schema / regex (instead
+        of the parameters'); ``detect`` = (labels, expression): find boxes instead (one image).
+        ``prompts``: one question or several, answered in order about the same frames (the
+        core reuses their work); the job's result is then the list of Descriptions.
+        ``progress`` (stream_action.Progress) streams the text; a cancelled streamed job then
+        returns what it has, the last Description partial, instead of failing.
         """
         options = s.generation_options(max_new_tokens)
+        if constraint:
+            options = dataclasses.replace(options, **{'choices': None, 'json_schema': None,
+                                                      'regex': None, **constraint})
         max_pixels = s.max_pixels
         bit_depth = s.bit_depth
         source = sources[-1]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
         def run(pipeline, should_stop):
             t0 = time.perf_counter()
@@ -433,15 +512,39 @@ class DescribeNode(Node):
                 spg = second_per_grid_t(sources, pipeline.files.config.temporal_patch_size)
                 if spg:
                     opts = dataclasses.replace(options, second_per_grid_t=spg)
-            result = pipeline.describe(frames, prompt, opts, should_stop=should_stop)
-            if result.finish_reason == 'cancelled' or should_stop():
+            if detect is not None:
+                return self._run_detect(pipeline, frames[-1], source, detect, opts, should_stop)
+            # topic frames are known to the vision cache by topic, stamp and frame_id, and the
+            # bit_depth they were converted with (a run-time parameter)
+            keys = ([(src.cache_key(self.image_topic), bit_depth) for src in sources]
+                    if source.from_topic else None)
+            msgs = []
+            for i, question in enumerate(prompts):
+                if i and should_stop():
+                    break             # cancelled between two questions
+                on_text, stop = (None, should_stop) if progress is None else \
+                    progress.hooks(i, should_stop)
+                result = pipeline.describe(frames, question, opts, on_text=on_text,
+                                           should_stop=stop, frame_keys=keys)
+                msg = description_msg(result, source.header, question, trigger,
+                                      0.0 if i else convert_ms, opts.choices)
+                if result.finish_reason == 'cancelled' or (progress is None and should_stop()):
+                    if progress is not None:
+                        msgs.append(msg)      # the partial answer ends a streamed job
+                        self.counters.inc('cancelled')
+                    break
+                if progress is not None:
+                    progress.done(i, msg.text, msg.generated_tokens)
+                self._pub_text.publish(text_msg(msg.text))
+                self._pub_stamped.publish(msg)
+                self.counters.inc('descriptions')
+                self.counters.record(msg)
+                if self._annotator.publish(frames[-1], source.header, text=msg.text):
+                    self.counters.inc('annotated_images')
+                msgs.append(msg)
+            if progress is None and len(msgs) < len(prompts):
                 raise Cancelled('generation cancelled (shut-down or time-out)')
-            msg = description_msg(result, source.header, prompt, trigger, convert_ms)
-            self._pub_text.publish(text_msg(msg.text))
-            self._pub_stamped.publish(msg)
-            self.counters.inc('descriptions')
-            self.counters.record(msg)
-            return msg
+            return msgs
 
         def on_done(job: Job) -> None:
             if job.error is None:
@@ -462,6 +565,71 @@ class DescribeNode(Node):
                                  f'({self.counters.snapshot()[counter]} {counter} so far)')
 
         return Job(run, on_done)
+
+    def _run_detect(self, pipeline, frame, source, detect: tuple, options, should_stop):
+        """Find the objects in one frame; publish ~/detections; return (array, Detections)."""
+        labels, expression = detect
+        found = find_objects(pipeline, frame, labels, expression, options, should_stop)
+        if found.result.finish_reason == 'cancelled' or should_stop():
+            raise Cancelled('generation cancelled (shut-down or time-out)')
+        arr = detect_io.detections_msg(found, source.header)
+        self._pub_detections.publish(arr)
+        self.counters.inc('detections')
+        if self._annotator.publish(frame, source.header, detections=found.detections):
+            self.counters.inc('annotated_images')
+        return arr, found
+
+    # -- ~/detect -----------------------------------------------------------------------------
+    def _on_detect(self, request, response):
+        labels, expression = params.strings(request.labels), request.prompt.strip()
+        if not labels and not expression:
+            return _refuse(response, 'bad request: give labels and/or prompt (a referring '
+                                     'expression)')
+        image = request.image
+        if image.width or image.height or len(image.data) or image.encoding:
+            source = Source(image, compressed=False, from_topic=False)
+        else:
+            source = self.frames.newest()
+            if source is None:
+                return _refuse(response, f'no image: nothing received on {self.image_topic} '
+                                         'yet, and the request has no image')
+        stale = self._stale_reason(source)
+        if stale:
+            self.counters.inc('stale_refused', stale)
+            return _refuse(response, stale)
+        job = self._job([source], '', self.settings, request.max_new_tokens, SERVICE,
+                        detect=(labels, expression))
+        problem = self._submit_and_wait(job, source)
+        if problem:
+            return _refuse(response, problem)
+        response.detections, found = job.result
+        response.success = True
+        response.message = '; '.join(found.notes)
+        response.text = found.text
+        return response
+
+    def _submit_and_wait(self, job: Job, source: Source) -> str | None:
+        """Queue ``job`` and wait for it (bounded); None when it succeeded, else why not."""
+        s = self.settings
+        try:
+            self.worker.submit(job)
+        except Refused as r:
+            if r.kind == 'busy':
+                self.counters.inc('busy_replies')
+            return str(r)
+        if source.from_topic:
+            self.frames.mark_described(source)
+        deadline = time.monotonic() + s.request_timeout_s
+        while not job.done.wait(0.1):
+            # bounded, and never holding an executor thread past shut-down (the executor
+            # waits for its threads; a model run cannot be interrupted)
+            if self._closing.is_set():
+                job.cancel()
+                return 'shutting down'
+            if time.monotonic() > deadline:
+                job.cancel()
+                return f'timeout: no answer within request_timeout_s = {s.request_timeout_s:g} s'
+        return error_kind(job.error)[1] if job.error is not None else None
 
     def _warn_throttled(self, key, text: str) -> None:
         """Warn at most every THROTTLE_S seconds per kind of problem.

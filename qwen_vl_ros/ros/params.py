@@ -18,12 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
 
 from ..vlm import GenerationOptions
+from ..vlm.constrain import ConstraintError, grammar_for
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
 
 DEFAULT_PROMPT = 'Describe this image.'
+MODES = ('describe', 'detect')
+STRING_ARRAY = ()   # default of a string-array parameter: declared by type, () when unset
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
 
@@ -67,6 +71,11 @@ class Spec:
             return 'bit_depth must be 0 (auto) or 8..16'
         if self.name == 'video_frames' and value == 1:
             return 'video_frames must be 0 (image mode) or at least 2 (frames of one video)'
+        if self.name in ('choices', 'json_schema', 'regex'):
+            try:
+                grammar_for(**{self.name: value})
+            except ConstraintError as e:
+                return str(e)
         return None
 
 
@@ -162,6 +171,31 @@ SPECS = (
          'v becomes min(255, v >> (bit_depth - 8)); 12 for a 12-bit sensor (0..4095), 16 = the '
          "high byte; 0 = auto: the bit length of each frame's brightest value (at least 8). "
          'Changeable at run time.', range=(0, 16)),
+    # Typed answers and detections (README "Typed answers", "Detections"). String arrays are
+    # declared with their type only (an empty list has no type in ROS parameters).
+    Spec('mode', 'describe',
+         'What the timer does: describe (a description on ~/description) or detect (boxes '
+         'of "labels" on ~/detections, needs vision_msgs). Changeable at run time.',
+         choices=MODES),
+    Spec('labels', STRING_ARRAY,
+         'mode detect: the object names the timer looks for, e.g. [person, cup]. Changeable '
+         'at run time.'),
+    Spec('choices', STRING_ARRAY,
+         'Typed answers: the timer\'s (and ~/describe requests\' without their own) answer is '
+         'exactly one of these strings, e.g. [yes, no]; empty = free text. Changeable at run '
+         'time.'),
+    Spec('json_schema', '',
+         'Typed answers: the answer is JSON valid against this JSON Schema (its text); '
+         'empty = none. Changeable at run time.'),
+    Spec('regex', '',
+         'Typed answers: the answer fully matches this regular expression (Rust regex '
+         'syntax); empty = none. Changeable at run time.'),
+    Spec('vision_cache_frames', 2,
+         'Follow-up questions about the same frame: vision features of this many of the newest '
+         'frames described are kept (a video counts as one; a topic frame is known by topic, '
+         'stamp and frame_id, a request image by its bytes); 0 = none. On chunked-prefill '
+         'builds the KV rows of the common prompt prefix are reused too. Answers are '
+         'token-identical to a fresh run.', read_only=True, range=(0, 64)),
 )
 
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -195,6 +229,12 @@ class Settings:
     hang_timeout_s: float = 30.0
     hang_exit_s: float = 10.0
     bit_depth: int = 0
+    mode: str = 'describe'
+    labels: tuple = ()
+    choices: tuple = ()
+    json_schema: str = ''
+    regex: str = ''
+    vision_cache_frames: int = 2
 
     def replace(self, **changes) -> Settings:
         """Return a copy with some values changed."""
@@ -210,13 +250,20 @@ class Settings:
             top_k=self.top_k if self.top_k >= 0 else None,
             top_p=self.top_p if self.top_p > 0 else None,
             repetition_penalty=(self.repetition_penalty if self.repetition_penalty > 0
-                                else None))
+                                else None),
+            choices=self.choices or None, json_schema=self.json_schema or None,
+            regex=self.regex or None)
 
 
 def declare(node) -> Settings:
     """Declare every parameter on ``node``; return the values (ValueError if one is bad)."""
     values = {}
     for spec in SPECS:
+        if isinstance(spec.default, tuple):
+            value = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                           spec.descriptor()).value
+            values[spec.name] = strings(value)
+            continue
         values[spec.name] = node.declare_parameter(spec.name, spec.default,
                                                    spec.descriptor()).value
     problems = [p for p in (SPEC_BY_NAME[k].check(v) for k, v in values.items()) if p]
@@ -234,8 +281,17 @@ def check_changes(params) -> tuple[dict, str | None]:
         spec = SPEC_BY_NAME.get(p.name)
         if spec is None:
             continue  # e.g. use_sim_time: rclpy handles it
-        problem = spec.check(p.value)
+        value = strings(p.value) if isinstance(spec.default, tuple) else p.value
+        problem = spec.check(value)
         if problem:
             return {}, problem
-        changes[p.name] = p.value
+        changes[p.name] = value
     return changes, None
+
+
+def strings(value) -> tuple:
+    """Return a string-array parameter's value as a tuple without blank entries (None: ()).
+
+    [''] is how a string array is emptied from the command line (``[]`` has no type).
+    """
+    return tuple(str(v) for v in (value or ()) if str(v).strip())

@@ -113,6 +113,20 @@ class InferenceWorker:
             self._cond.notify()
         return job
 
+    def withdraw(self, job: Job) -> bool:
+        """Cancel ``job``; if it is still queued, take it out now (it ends with Cancelled).
+
+        Returns False when it is running (it stops at its next decode step) or done.
+        """
+        job.cancel()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+        self._finish(job, error=Cancelled('cancelled before it ran'))
+        return True
+
     def stop(self, timeout: float = 1.0) -> bool:
         """Cancel everything, wake every waiter; wait up to ``timeout`` s for the thread.
 

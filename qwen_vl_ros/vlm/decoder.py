@@ -101,6 +101,7 @@ class DecoderStack:
         self._dummy_k = first.input('K_cache', g1).zeros()
         self._dummy_v = first.input('V_cache', g1).zeros()
         self._decode_mask = np.zeros((1, 1, self.kv_len + 1), self.mask_dtype)
+        self.cache_epoch = 0   # bumped by clear_cache
         self._decode_index = np.zeros((1, 1), self.index_dtype)
 
     # -- prefill ----------------------------------------------------------------------------
@@ -125,13 +126,40 @@ class DecoderStack:
         mask[0, :real, pg.history:pg.history + real] = causal
         return mask.astype(self.mask_dtype)
 
-    def prefill(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Run the prompt through every layer, chunk by chunk; return the last row's hidden."""
+    @property
+    def can_resume(self) -> bool:
+        """True when a prefill may start at a row > 0 on top of rows kept from an earlier one.
+
+        Needs a prefill group that takes a history (chunked builds) and a cache that keeps its
+        rows between requests: host arrays do; an in-buffer cache says so with ``keeps_rows``.
+        """
+        return len(self.prefill_groups) > 1 and (
+            self.kv is None or all(getattr(k, 'keeps_rows', False) for k in self.kv))
+
+    def chunk_starts(self, total: int, start: int = 0) -> list:
+        """First rows of the chunks that prefill rows [start, total) (reuse.py keeps the rest).
+
+        Chunks run from ``start`` in steps of the chunk size. When the last one would need a
+        longer history than any group takes, they start at the chunk boundary below ``start``
+        instead, the schedule of a fresh run, which always fits (check_prompt).
+        """
+        c = self.chunk
+        if start and (not self.can_resume or
+                      start + (total - start - 1) // c * c > self.prefill_groups[-1].history):
+            start = start // c * c if self.can_resume else 0
+        return list(range(start, total, c))
+
+    def prefill(self, embeds: np.ndarray, positions: np.ndarray, start: int = 0) -> np.ndarray:
+        """Run the prompt through every layer, chunk by chunk; return the last row's hidden.
+
+        ``start`` > 0: rows [0, start) are already in the cache (a reused prompt prefix) and
+        only the rest is run (see ``chunk_starts``).
+        """
         total = len(embeds)
         self.check_prompt(total)
         c = self.chunk
         last = None
-        for h in range(0, total, c):
+        for h in self.chunk_starts(total, start):
             real = min(c, total - h)
             pg = self._group_for(h)
             x = np.zeros((1, c, self.hidden), self.dtype)
@@ -221,6 +249,7 @@ class DecoderStack:
 
     def clear_cache(self) -> None:
         """Zero every KV cache row (host arrays, or the rows in the runtime's own buffers)."""
+        self.cache_epoch += 1   # rows kept for a follow-up (reuse.py) are gone
         for cache in self.k_cache + self.v_cache:
             cache.fill(0)
         for kv in self.kv or ():

@@ -16,13 +16,15 @@ import numpy as np
 
 from .decoder import DecoderStack
 from .embeddings import EmbeddingTable
+from .constrain import GrammarTokenizer, choice_index, grammar_for
 from .errors import ImageError, ModelDirError, PromptTooLongError
 from .model_dir import find_model_files
 from .prompt import PromptBuilder, VisionBlock, load_tokenizer
+from .reuse import PrefixCache, VisionCache, patch_digest
 from .runtime import select_runtime
 from .sampling import Sampler, SamplingOptions
 from .streaming import TextStream
-from .vision import RESIZE_MODES, fit_frame, frames_to_patches
+from .vision import RESIZE_MODES, check_frame, fit_frame, frames_to_patches
 
 log = logging.getLogger('qwen_vl_ros')
 
@@ -39,6 +41,12 @@ class GenerationOptions:
     repetition_penalty: float | None = None
     seed: int | None = None
     second_per_grid_t: float = 1.0   # video: seconds per temporal group (AXERA's demo: 1.0)
+    # Typed answers (constrain.py; at most one): exactly one of these strings, JSON valid
+    # against this schema (text or dict), or a full match of this regex (Rust syntax).
+    choices: tuple | None = None
+    json_schema: str | dict | None = None
+    regex: str | None = None
+    token_probs: bool = False   # keep each chosen token's model probability (Result)
 
     def resolve(self, gen_cfg: dict) -> SamplingOptions:
         """Fill unset fields from generation_config the way transformers does."""
@@ -65,13 +73,17 @@ class Result:
     finish_reason: str  # 'stop' (eos id), 'length' (max_new_tokens / KV length), 'cancelled'
     timings_ms: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
+    choice_index: int = -1      # with choices: which one the text is (-1: none, e.g. cut short)
+    token_probs: list = field(default_factory=list)   # options.token_probs, constrained only
+    vision_cached: bool = False      # the vision features came from the cache (reuse.py)
+    reused_prompt_tokens: int = 0    # prompt rows kept in the KV cache, not prefilled again
 
 
 class Pipeline:
     """A loaded model: call ``describe`` from one thread (runtime sessions are single-threaded)."""
 
     def __init__(self, files, runtime, vision, decoder: DecoderStack, embeddings, tokenizer,
-                 system_prompt: str = '', resize: str = 'stretch'):
+                 system_prompt: str = '', resize: str = 'stretch', vision_cache_frames: int = 2):
         self.files = files
         self.runtime = runtime
         self.vision = vision
@@ -90,15 +102,22 @@ class Pipeline:
         eos = files.generation_config.get('eos_token_id', tokenizer.eos_token_id)
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.fill = tuple(int(round(m * 255)) for m in files.image_mean)
+        self._grammar_tokenizer = None
+        # Work kept for follow-up questions about the same frame (reuse.py)
+        self.vision_cache = VisionCache(vision_cache_frames)
+        self.prefix_cache = PrefixCache(decoder.can_resume,
+                                        (cfg.image_token_id, cfg.video_token_id))
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
              providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
-             resize: str = 'stretch', kv_len: int = 1023, progress=None) -> Pipeline:
+             resize: str = 'stretch', kv_len: int = 1023, progress=None,
+             vision_cache_frames: int = 2) -> Pipeline:
         """Find, check and open every model file; ``progress(str)`` hears each stage.
 
         ``kv_len`` is used only by the older pyaxengine API, which cannot report model shapes.
+        ``vision_cache_frames``: vision features of this many frame sets kept (0 = none).
         """
         say = progress or log.info
         t0 = time.perf_counter()
@@ -124,7 +143,8 @@ class Pipeline:
                 f'layer models take hidden {decoder.hidden} / kv_dim {decoder.kv_dim} but '
                 f'config.json says {cfg.hidden_size} / {cfg.kv_dim}')
         tokenizer = load_tokenizer(files.tokenizer_dir)
-        pipe = cls(files, runtime, vision, decoder, embeddings, tokenizer, system_prompt, resize)
+        pipe = cls(files, runtime, vision, decoder, embeddings, tokenizer, system_prompt, resize,
+                   vision_cache_frames)
         say(f'model ready in {time.perf_counter() - t0:.1f} s: vision {pipe.vision_size[0]}x'
             f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
             f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
@@ -154,17 +174,35 @@ class Pipeline:
         return self.decoder.max_prompt
 
     # -- one request ------------------------------------------------------------------------
-    def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict):
-        """Frames and prompt -> (ids, rope positions, input embeddings with vision spliced in)."""
+    def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict,
+                 frame_keys=None):
+        """Frames and prompt -> (ids, rope positions, embeddings with vision spliced in, key).
+
+        ``key`` names the vision content (None without frames); ``clock['vision_cached']``
+        tells whether its features came from the cache. ``frame_keys`` (one hashable per
+        frame) name the frames; without them the patch bytes do.
+        """
         cfg = self.files.config
         dec = self.decoder
         # frames -> patches (first: a bad frame is refused before any model runs)
         frames = list(frames or [])
-        patches = None
+        if frame_keys is not None and len(frame_keys) != len(frames):
+            raise ValueError(f'{len(frame_keys)} frame keys for {len(frames)} frames')
+        patches, key, feats = None, None, None
         if frames:
-            fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
-            patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
-                                        cfg.temporal_patch_size)
+            key = (self.resize, self.vision_size, tuple(frame_keys)) if frame_keys else None
+            feats = self.vision_cache.get(key) if key is not None else None
+            if feats is not None:
+                for f in frames:   # a kept frame is still a frame: refuse what is not one
+                    check_frame(f)
+            else:
+                fitted = [fit_frame(f, self.vision_size, self.resize, self.fill) for f in frames]
+                patches = frames_to_patches(fitted, cfg.patch_size, cfg.spatial_merge_size,
+                                            cfg.temporal_patch_size)
+                if key is None:
+                    key = (self.resize, self.vision_size, patch_digest(patches))
+                    feats = self.vision_cache.get(key)
+        clock['vision_cached'] = feats is not None
         blocks = self._blocks_for(len(frames), second_per_grid_t)
 
         # prompt -> ids and positions; refuse what cannot be prefilled
@@ -173,19 +211,36 @@ class Pipeline:
         embeds = self.embeddings.lookup(ids, dec.dtype)
         clock['preprocessed'] = time.perf_counter()
 
-        # vision features (one call per temporal group), spliced over the pad run
-        if patches is not None:
-            feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
-                     for g in range(len(patches))]
-            feats = np.concatenate(feats).reshape(-1, dec.hidden)
+        # vision features (one call per temporal group, unless kept), spliced over the pad run
+        if frames:
+            if feats is None:
+                feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
+                         for g in range(len(patches))]
+                feats = np.concatenate(feats).reshape(-1, dec.hidden).astype(dec.dtype,
+                                                                               copy=False)
             pad = cfg.image_token_id if blocks[0].kind == 'image' else cfg.video_token_id
             where = np.flatnonzero(ids == pad)
             if len(where) != len(feats):
                 raise ModelDirError(f'the vision model gave {len(feats)} tokens, the prompt has '
                                     f'{len(where)} pads: model and config disagree')
-            embeds[where] = feats.astype(dec.dtype, copy=False)
+            embeds[where] = feats
+            self.vision_cache.put(key, feats)
         clock['vision'] = time.perf_counter()
-        return ids, positions, embeds
+        return ids, positions, embeds, key
+
+    def _prefill(self, ids, positions, embeds, key) -> tuple:
+        """Prefill what the KV cache does not hold yet; return (first logits, rows reused)."""
+        dec = self.decoder
+        kept = self.prefix_cache.reusable(ids, positions, key, dec.cache_epoch)
+        start = dec.chunk_starts(len(ids), kept)[0]
+        self.prefix_cache.forget()   # the rows change now; recorded again once they are right
+        try:
+            logits = dec.logits(dec.prefill(embeds, positions, start))
+        except BaseException:
+            self.vision_cache.drop(key)   # e.g. NaN features: NaN first logits; keep none
+            raise
+        self.prefix_cache.hold(ids, positions, key, dec.cache_epoch)
+        return logits, start
 
     def _blocks_for(self, n_frames: int, second_per_grid_t: float = 1.0) -> tuple:
         """Return the prompt's vision blocks for ``n_frames`` (none, one image, or one video)."""
@@ -201,24 +256,52 @@ class Pipeline:
         return dec.logits(dec.decode_step(self.embeddings.lookup([token], dec.dtype), slot,
                                           position))
 
+    def guide(self, opts: GenerationOptions):
+        """Return the constraint state of ``opts`` (None: unconstrained); ConstraintError if bad.
+
+        llguidance's view of the tokenizer is built at the first constrained request.
+        """
+        grammar = grammar_for(opts.choices, opts.json_schema, opts.regex)
+        if grammar is None:
+            return None
+        return self.grammar_tokenizer().guide(grammar, keep_probs=opts.token_probs)
+
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """Return llguidance's view of the tokenizer, built at the first call (~5 s, 151k)."""
+        if self._grammar_tokenizer is None:
+            t0 = time.perf_counter()
+            self._grammar_tokenizer = GrammarTokenizer(
+                self.tokenizer, self.files.config.vocab_size, self.eos_ids)
+            log.info(f'typed answers: the grammar engine read the tokenizer in '
+                     f'{time.perf_counter() - t0:.1f} s (once per model)')
+        return self._grammar_tokenizer
+
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
-                 on_text=None, should_stop=None) -> Result:
+                 on_text=None, should_stop=None, frame_keys=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
 
         ``on_text(piece)`` is called with each newly completed piece of text while decoding;
         ``should_stop()`` is asked before each decode step and ends generation early with
-        finish reason 'cancelled' when it returns True.
+        finish reason 'cancelled' when it returns True. With ``choices`` / ``json_schema`` /
+        ``regex`` the logits are masked before sampling and generation ends (finish reason
+        'stop') as soon as the answer is complete; a bad constraint raises ConstraintError
+        before any model runs. ``frame_keys``: one hashable per frame naming its content (e.g.
+        topic, stamp, frame_id), for the vision cache; without them the frames are known by
+        their patch bytes. A follow-up question reuses the frame's vision features and the
+        prompt's common prefix in the KV cache (reuse.py).
         """
         opts = options or GenerationOptions()
         if opts.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
+        guide = self.guide(opts)
         dec = self.decoder
         clock = {'start': time.perf_counter()}
-        ids, positions, embeds = self._prepare(frames, prompt, opts.second_per_grid_t, clock)
+        ids, positions, embeds, key = self._prepare(frames, prompt, opts.second_per_grid_t,
+                                                    clock, frame_keys)
 
-        # prefill -> first logits
+        # prefill (what the cache does not hold) -> first logits
         sampler = Sampler(opts.resolve(self.files.generation_config), ids)
-        logits = dec.logits(dec.prefill(embeds, positions))
+        logits, reused = self._prefill(ids, positions, embeds, key)
         t_first = time.perf_counter()
 
         # decode: slot = next cache row, position = next rope position (they differ)
@@ -229,7 +312,8 @@ class Pipeline:
         dec.start_decode(total)
         position = int(positions.max()) + 1
         while True:
-            token = sampler(logits)
+            token = sampler(logits) if guide is None else sampler(logits,
+                                                                  guide.candidates(logits))
             out.append(token)
             if token in self.eos_ids:
                 finish = 'stop'
@@ -238,6 +322,9 @@ class Pipeline:
                 piece = stream.push(token)
                 if piece:
                     on_text(piece)
+            if guide is not None and guide.advance(token):
+                finish = 'stop'   # the grammar allows nothing more: no end token to wait for
+                break
             slot = total + len(out) - 1
             if len(out) >= opts.max_new_tokens or slot >= dec.kv_len:
                 break
@@ -254,25 +341,31 @@ class Pipeline:
         steps = len(out) - 1  # decode steps run: the first token came from the prefill
         decode_s = t_end - t_first
         start, pre, vis = clock['start'], clock['preprocessed'], clock['vision']
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
         return Result(
-            text=self.tokenizer.decode(out, skip_special_tokens=True),
+            text=text,
             token_ids=[int(t) for t in out],
             prompt_tokens=total,
             finish_reason=finish,
             timings_ms={'preprocess': 1e3 * (pre - start), 'vision': 1e3 * (vis - pre),
                         'prefill': 1e3 * (t_first - vis), 'decode': 1e3 * decode_s,
                         'time_to_first_token': 1e3 * (t_first - start)},
-            tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0)
+            tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0,
+            choice_index=choice_index(opts.choices, text) if opts.choices else -1,
+            token_probs=guide.probs if guide is not None else [],
+            vision_cached=clock['vision_cached'], reused_prompt_tokens=reused)
 
-    def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0):
+    def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0,
+              frame_keys=None):
         """Teacher forcing: float32 logits (len(continuation), V) before each given token.
 
         Row 0 comes from the prefill; row k from feeding continuation[k-1]. For checking the
         pipeline against a reference, and for ranking candidate answers.
         """
         dec = self.decoder
-        ids, positions, embeds = self._prepare(frames, prompt, second_per_grid_t, {})
-        rows = [dec.logits(dec.prefill(embeds, positions))]
+        ids, positions, embeds, key = self._prepare(frames, prompt, second_per_grid_t, {},
+                                                    frame_keys)
+        rows = [self._prefill(ids, positions, embeds, key)[0]]
         dec.start_decode(len(ids))
         position = int(positions.max()) + 1
         for k, token in enumerate(continuation[:-1]):

@@ -33,32 +33,41 @@ class Sampler:
         self._seen = set(int(i) for i in prompt_ids)
         self._seen_arr = np.fromiter(sorted(self._seen), np.int64, len(self._seen))
 
-    def __call__(self, logits: np.ndarray) -> int:
-        """Next token id from float32 logits (V,); remembers it for the repetition penalty."""
-        token = self._pick(logits)
+    def __call__(self, logits: np.ndarray, candidates: np.ndarray | None = None) -> int:
+        """Next token id from float32 logits (V,); remembers it for the repetition penalty.
+
+        ``candidates``: ascending int64 ids, the only tokens allowed (a typed answer's
+        grammar); the choice equals the one over logits with every other token at -inf, without
+        touching the whole vocabulary.
+        """
+        token = self._pick(logits, candidates)
         if token not in self._seen:
             self._seen.add(token)
             self._seen_arr = np.append(self._seen_arr, token)
         return token
 
-    def _pick(self, logits: np.ndarray) -> int:
+    def _pick(self, logits: np.ndarray, candidates=None) -> int:
         o = self.opts
         if o.repetition_penalty != 1.0 and len(self._seen_arr):
             logits = logits.copy()
             idx = self._seen_arr
             s = logits[idx]
             logits[idx] = np.where(s < 0, s * o.repetition_penalty, s / o.repetition_penalty)
+        ids = None
+        if candidates is not None:
+            ids, logits = candidates, logits[candidates]
         if not o.do_sample:
-            return int(np.argmax(logits))
+            best = int(np.argmax(logits))
+            return int(ids[best]) if ids is not None else best
         # Only top-k candidates can be drawn: work on them alone (ascending ids, so the draw
         # equals one over the whole vocabulary with zeros elsewhere) instead of exp and sort
         # over all 151936 logits per token. Temperature scaling keeps the order, so choosing
         # the candidates before dividing by it is the same choice (ties included, as HF).
-        ids = None
         if 0 < o.top_k < len(logits):
             kth = logits.max() if o.top_k == 1 else np.partition(logits, -o.top_k)[-o.top_k]
-            ids = np.flatnonzero(logits >= kth)
-            logits = logits[ids]
+            keep = np.flatnonzero(logits >= kth)
+            ids = keep if ids is None else ids[keep]
+            logits = logits[keep]
         x = logits.astype(np.float64) / max(o.temperature, 1e-6)
         probs = np.exp(x - x.max())
         probs /= probs.sum()

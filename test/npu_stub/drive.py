@@ -8,9 +8,10 @@ JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str
                                     "second_per_grid_t": float}, ...],
        "in_buffer": [true, false], "env": {NAME: value} (set before loading, e.g.
        AX_STUB_CMM_FILL), "providers": null | [...], "providers_tuple": bool,
-       "skip_row_flush": bool}
+       "skip_row_flush": bool, "keeps_rows": bool (override InBufferKV.keeps_rows)}
 OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "prompt_tokens": [...],
-       "kv": bool, "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
+       "reused": [...], "vision_cached": [...], "kv": bool, "can_resume": bool,
+       "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
        "keepalive": str, "nan_rows": {"clean": [...], "poisoned": str, "after": [...]}}
 
 Frames are random RGB images from numpy's default_rng(seed), as the tests make them.
@@ -44,6 +45,8 @@ def _describe(spec, out):
     os.environ.update(spec.get('env', {}))  # libax_sys reads AX_STUB_* at each call
     if spec.get('skip_row_flush'):  # what a missing flush does to the answer
         axengine_kv.InBufferKV._flush_rows = lambda self, row, count: None
+    if 'keeps_rows' in spec:  # a runtime that cannot keep its cache between requests
+        axengine_kv.InBufferKV.keeps_rows = spec['keeps_rows']
     providers = spec.get('providers')
     if providers and spec.get('providers_tuple'):
         providers = tuple(providers)
@@ -52,7 +55,7 @@ def _describe(spec, out):
         pipe = Pipeline.load(spec['model_dir'], backend='axengine', providers=providers,
                              threads=1, progress=lambda m: None)
         npu_host.STATS.reset()
-        tokens, prompts = [], []
+        tokens, prompts, reused, cached = [], [], [], []
         for case in spec['cases']:
             opts = GenerationOptions(max_new_tokens=case.get('n', 24), greedy=True,
                                      repetition_penalty=1.0,
@@ -61,8 +64,12 @@ def _describe(spec, out):
             result = pipe.describe(frames, case['prompt'], opts)
             tokens.append(result.token_ids)
             prompts.append(result.prompt_tokens)
+            reused.append(result.reused_prompt_tokens)
+            cached.append(result.vision_cached)
         out['runs'][str(int(in_buffer))] = dict(tokens=tokens, prompt_tokens=prompts,
+                                                reused=reused, vision_cached=cached,
                                                 kv=pipe.decoder.kv is not None,
+                                                can_resume=pipe.decoder.can_resume,
                                                 **npu_host.cache_stats())
 
 

@@ -111,6 +111,10 @@ class InBufferKV:
     ``K_cache_out``, ``V_cache_out``, ``output``, in whatever order the model has them.
     """
 
+    # Rows stay in the session's buffers between requests (only the first chunk's dummy feed
+    # lands on rows it then rewrites), so a prefill may resume on a kept prompt prefix.
+    keeps_rows = True
+
     def __init__(self, session, inner, ffi, elib, slib, decode_group: int):
         self._session = session  # owns the handle, context and buffers used below
         self._ffi, self._slib = ffi, slib

@@ -1,0 +1,150 @@
+"""The action ~/describe_stream: a description streamed as feedback, cancelled on request.
+
+    goal (prompt, image, max_new_tokens, prompts)  ->  a Job on the one inference worker
+    (the service's bounded queue)  ->  feedback per decode step  ->  result
+
+The node hands in ``start(goal, progress)``, which resolves what the goal is about, makes the
+job and submits it: it returns the job, or the reason it was refused. A refused goal (queue
+full, no frame yet, bad request) is accepted and aborted at once with the reason in the
+result's ``message``: a ROS 2 goal response is a bare accept/reject and cannot say why.
+
+Feedback is made on the worker thread (``Progress``: one item per decode step that completed
+text, never a split UTF-8 character, see vlm/streaming.py) and published from the goal's
+executor thread. A cancel request sets the job's stop flag: the core asks it before every
+decode step, so generation ends before the next one; the result then has finish reason
+"cancelled" and the partial text.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from qwen_vl_interfaces.action import Describe as DescribeAction
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+
+from .convert import error_kind, ros_string
+
+POLL_S = 0.05   # longest a goal's thread waits before it looks at cancel and shut-down again
+
+
+class Progress:
+    """Feedback of one goal, made on the worker thread, queued for the goal's thread."""
+
+    def __init__(self):
+        self.items: queue.Queue = queue.Queue()
+        self._text = ''
+        self._steps = 0
+
+    def hooks(self, index: int, should_stop):
+        """(on_text, should_stop) for question ``index`` of Pipeline.describe.
+
+        The core asks should_stop once before every decode step, so counting those calls gives
+        the tokens generated when a piece of text arrives (the first came from the prefill).
+        """
+        self._text, self._steps = '', 0
+
+        def stop() -> bool:
+            self._steps += 1
+            return should_stop()
+
+        def on_text(piece: str) -> None:
+            piece = ros_string(piece)
+            self._text += piece
+            self.items.put((index, self._text, piece, self._steps + 1))
+
+        return on_text, stop
+
+    def done(self, index: int, text: str, tokens: int) -> None:
+        """Close question ``index``: one last item when its final text says more than fed.
+
+        (A trailing byte-level token that completes no character shows up only in the final
+        text, as U+FFFD.)
+        """
+        if text != self._text:
+            delta = text[len(self._text):] if text.startswith(self._text) else text
+            self.items.put((index, text, delta, tokens))
+
+
+class StreamAction:
+    """The ~/describe_stream action server of a node."""
+
+    def __init__(self, node, start, withdraw, closing: threading.Event, callback_group):
+        self._start = start
+        self._withdraw = withdraw     # InferenceWorker.withdraw: a queued job leaves at once
+        self._closing = closing
+        self._jobs: dict = {}     # goal id -> its job, while the goal runs
+        self._lock = threading.Lock()
+        self._server = ActionServer(
+            node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
+            callback_group=callback_group)
+
+    def _on_cancel(self, handle) -> CancelResponse:
+        """Accept the cancel and stop the job now.
+
+        A queued job leaves the queue; a running one stops before its next decode step.
+        """
+        with self._lock:
+            job = self._jobs.get(bytes(handle.goal_id.uuid))
+        if job is not None:
+            self._withdraw(job)
+        return CancelResponse.ACCEPT
+
+    def _execute(self, handle):
+        progress = Progress()
+        job, refused = self._start(handle.request, progress)
+        result = DescribeAction.Result()
+        if job is None:
+            result.success, result.message = False, refused
+            handle.abort()
+            return result
+        key = bytes(handle.goal_id.uuid)
+        with self._lock:
+            self._jobs[key] = job
+        try:
+            while not job.done.is_set() or not progress.items.empty():
+                try:
+                    item = progress.items.get(timeout=POLL_S)
+                except queue.Empty:
+                    item = None
+                if item is not None and not self._closing.is_set():
+                    _publish(handle, item)
+                # (a cancel that came before the job was known here, and shut-down)
+                if handle.is_cancel_requested or self._closing.is_set():
+                    self._withdraw(job)
+        finally:
+            with self._lock:
+                self._jobs.pop(key, None)
+        return self._finish(handle, job, result)
+
+    def _finish(self, handle, job, result):
+        msgs = job.result or []
+        if msgs:
+            result.description = msgs[0]
+            result.descriptions = list(msgs)
+        if handle.is_cancel_requested:
+            result.success, result.message = False, 'cancelled'
+            end = handle.canceled
+        elif self._closing.is_set():
+            result.success, result.message = False, 'shutting down'
+            end = handle.abort
+        elif job.error is not None:
+            result.success, result.message = False, error_kind(job.error)[1]
+            end = handle.abort
+        else:
+            result.success, result.message = True, ''
+            end = handle.succeed
+        try:
+            end()
+        except Exception:  # noqa: BLE001 - after SIGINT the context (and the goal) is gone
+            if not self._closing.is_set():
+                raise
+        return result
+
+
+def _publish(handle, item) -> None:
+    index, text, delta, tokens = item
+    fb = DescribeAction.Feedback()
+    fb.prompt_index, fb.text, fb.delta, fb.generated_tokens = index, text, delta, tokens
+    handle.publish_feedback(fb)
