@@ -22,6 +22,8 @@ export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 
 # The venv is the ROS prefix: ament_index_python, get_package_share_directory, rosidl typesupport.
 export AMENT_PREFIX_PATH="$VENV"
+# The venv's commands (describe_node, qwen-vl-*, and ros2 once installed) as the README writes them.
+case ":$PATH:" in *":$VENV/bin:"*) ;; *) export PATH="$VENV/bin:$PATH" ;; esac
 # ROS logs stay out of $HOME.
 export ROS_LOG_DIR="${ROS_LOG_DIR:-$_qvr_repo/build/ros_log}"
 

@@ -112,7 +112,7 @@ class DecoderStack:
                 f'the prompt is {n} tokens but the model can prefill at most {self.max_prompt} '
                 f'(prefill length {self.chunk}'
                 + (f', chunks up to {self.max_prompt}' if len(self.prefill_groups) > 1 else '')
-                + '): shorten the prompt or use a smaller image')
+                + '): shorten the prompt, use a smaller image or fewer video frames')
 
     def _group_for(self, history: int) -> PrefillGroup:
         return next(p for p in self.prefill_groups if p.history >= history)
