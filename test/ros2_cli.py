@@ -80,6 +80,16 @@ def run(command: str, env: dict, cwd=None, timeout: float = 60) -> tuple[int, st
     return p.returncode, p.stdout.decode(errors='replace')
 
 
+def terminal_signals() -> None:
+    """preexec_fn: SIGINT handled as in a terminal, whatever the test runner inherited.
+
+    A background job of a non-interactive shell (CI started with `&`) has SIGINT ignored, and
+    the children inherit that: `ros2 launch` then never sees Ctrl-C (a respawned node is started
+    again instead of stopped). Seen in a clean-clone run.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Background:
     """A shell command in its own process group (as a terminal runs it), output to a file."""
 
@@ -89,7 +99,8 @@ class Background:
         self._log = open(log_path, 'wb')
         self.proc = subprocess.Popen(['bash', '-c', 'exec ' + command], env=env, cwd=cwd,
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=terminal_signals)
 
     def output(self) -> str:
         return self.log_path.read_text(errors='replace')

@@ -22,6 +22,7 @@ pytest.importorskip('qwen_vl_interfaces')
 
 import node_harness as harness  # noqa: E402
 from fault_runtime import ENV_PLAN, Fault, write_plan  # noqa: E402
+from ros2_cli import terminal_signals  # noqa: E402
 
 ROS2 = Path(sys.prefix) / 'bin' / 'ros2'
 FAULT_NODE = Path(__file__).resolve().parent / 'fault_node.py'
@@ -75,7 +76,8 @@ def test_ros2_launch_respawns_the_node_after_a_hang(tiny_onnx_dir, tmp_path):
     log_path = tmp_path / 'launch.log'
     with open(log_path, 'wb') as log:
         launch = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                  preexec_fn=terminal_signals)
 
     def output():
         return log_path.read_text(errors='replace')
