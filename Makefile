@@ -6,7 +6,8 @@
 #   make ros2cli    the ros2 command line from ../shared/ros2cli into .venv (when it exists)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
 #   make test       venv, then lint, pytest, test-jazzy and test-tf5 (all run; any failing fails)
-#   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...)
+#   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...);
+#                   -rs: every skipped test is listed with its reason
 #   make demo       install, then the node on a synthetic camera recording (MODEL_DIR=DIR: a real
 #                   model; default: a tiny random-weight model exported once into demo_out/)
 #   make bench      install, then bench/run_all.py: host-side benchmarks at the real model shapes
@@ -106,7 +107,7 @@ test: venv
 pytest: install ros2cli
 	$(ROS_ENV) && echo "pytest: ROS_DOMAIN_ID=$$ROS_DOMAIN_ID (loopback only)" && \
 	  cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
-	  $(VPY) -m pytest test -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+	  $(VPY) -m pytest test -q -rs --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 
 # -- other distros and library versions -------------------------------------------------------
 # test-jazzy: ROS 2 Jazzy wheels (rclpy 7.1, close to Humble's API) on Python 3.10 with
@@ -143,7 +144,7 @@ $(1)/bin/python3 -m pip --disable-pip-version-check install --quiet --no-deps \
   --no-build-isolation .
 $(1)/bin/python3 scripts/link_ros_executables.py
 . $(REPO)/scripts/ros_env.sh $(1) && cd $(REPO) && QVR_TEST_MODELS=$(TEST_MODELS) \
-  $(1)/bin/python3 -m pytest $(2) -q -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+  $(1)/bin/python3 -m pytest $(2) -q -rs -p no:cacheprovider --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 endef
 
 .PHONY: test-jazzy test-tf5
