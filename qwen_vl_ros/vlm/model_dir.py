@@ -78,7 +78,8 @@ class ModelFiles:
     vision_size_hint: tuple | None = None  # (H, W) read from the vision file's name, if any
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
+    """Parse a JSON file of a model or tokenizer directory; ModelDirError names the file."""
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
@@ -91,7 +92,7 @@ def _first_json(dirs, name: str) -> dict:
     for d in dirs:
         path = os.path.join(d, name)
         if os.path.exists(path):
-            return _read_json(path)
+            return read_json(path)
     return {}
 
 
@@ -143,7 +144,7 @@ def find_model_files(model_dir: str, tokenizer_dir: str | None = None) -> ModelF
     cfg_path = os.path.join(model_dir, 'config.json')
     if 'config.json' not in names:
         raise ModelDirError(f'{model_dir}: missing config.json; {LAYOUT_HELP}')
-    raw_cfg = _read_json(cfg_path)
+    raw_cfg = read_json(cfg_path)
     config = parse_text_config(raw_cfg)
 
     kinds = {n.rsplit('.', 1)[-1] for n in names if n.endswith(('.axmodel', '.onnx'))}

@@ -21,22 +21,14 @@ whichever major is installed (test/test_tokenizer_dirs.py builds each variant).
 
 from __future__ import annotations
 
-import json
 import os
 
 from .errors import ModelDirError
+from .model_dir import read_json
 
 # Messages a Qwen2.5-VL template must render: an image, a video and text (prompt.PromptBuilder).
 _PROBE = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'video'},
                                        {'type': 'text', 'text': 'probe'}]}]
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelDirError(f'cannot read {path}: {e}') from e
 
 
 def _token_text(token) -> str:
@@ -80,7 +72,7 @@ def template_candidates(tokenizer_dir: str, config: dict) -> list:
     out = []
     json_path = os.path.join(tokenizer_dir, 'chat_template.json')
     if os.path.exists(json_path):
-        value = _read_json(json_path).get('chat_template')
+        value = read_json(json_path).get('chat_template')
         if isinstance(value, str):
             out.append(('chat_template.json', value))
     jinja_path = os.path.join(tokenizer_dir, 'chat_template.jinja')
@@ -144,7 +136,7 @@ def resolve_chat_template(tok, tokenizer_dir: str, config: dict) -> str:
 def load_tokenizer(tokenizer_dir: str):
     """Load the HF tokenizer offline with the multimodal chat template; ModelDirError if not."""
     config_path = os.path.join(tokenizer_dir, 'tokenizer_config.json')
-    config = _read_json(config_path) if os.path.exists(config_path) else {}
+    config = read_json(config_path) if os.path.exists(config_path) else {}
     loader = tokenizer_loader(tokenizer_dir, config)
     kwargs = load_kwargs(config, transformers_major())
     import transformers.utils.logging as hf_logging
