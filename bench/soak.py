@@ -131,6 +131,16 @@ def final_counters(text: str) -> dict:
 
 
 # -- part 1 --------------------------------------------------------------------------------------
+def collect_answers(pending: list, calls: list, t0: float) -> None:
+    """Move the answered service calls of ``pending`` to ``calls`` (sent, answered s, ok, msg)."""
+    for item in list(pending):
+        sent, done, fut = item
+        if done.is_set():
+            r = fut.result()
+            calls.append((sent, time.monotonic() - t0, r.success, r.message))
+            pending.remove(item)
+
+
 def soak(model: Path, workdir: Path, seconds: float) -> dict:
     frames = camera_frames(workdir)
     args = harness.launch_arguments(model_dir=str(model), image_topic='/camera/image_raw',
@@ -167,23 +177,13 @@ def soak(model: Path, workdir: Path, seconds: float) -> dict:
                 max_new_tokens=MAX_NEW_TOKENS))
             pending.append((now, done, fut))
             next_call += CALL_EVERY_S
-        for item in list(pending):
-            sent, done, fut = item
-            if done.is_set():
-                r = fut.result()
-                calls.append((sent, time.monotonic() - t0, r.success, r.message))
-                pending.remove(item)
+        collect_answers(pending, calls, t0)
         time.sleep(0.05)
     camera.halt.set()
     camera.join(5)
     deadline = time.monotonic() + 65
     while pending and time.monotonic() < deadline:
-        for item in list(pending):
-            sent, done, fut = item
-            if done.is_set():
-                r = fut.result()
-                calls.append((sent, time.monotonic() - t0, r.success, r.message))
-                pending.remove(item)
+        collect_answers(pending, calls, t0)
         time.sleep(0.05)
     lost = len(pending)
     time.sleep(3.0)             # the last timer job finishes, its description arrives
