@@ -38,13 +38,7 @@ sys.path.insert(0, str(REPO / 'test'))      # node_harness: the node as the laun
 sys.path.insert(0, str(REPO / 'scripts'))   # demo: the tiny model, cached in demo_out/
 sys.path.insert(0, str(REPO / 'bench'))
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
-os.environ.pop('ROS_STATIC_PEERS', None)
-os.environ['ROS_DOMAIN_ID'] = os.environ.get('QVR_ROS_DOMAIN_ID') or str(1 + os.getpid() % 100)
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-
+import loopback_env  # noqa: E402,F401  (loopback DDS, a domain id, no hub)
 import node_harness as harness  # noqa: E402
 from common import machine, machine_line, percentile  # noqa: E402
 

@@ -11,15 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-# Network rule: DDS never leaves loopback, and parallel runs do not see each other's nodes.
-# Same rule as scripts/ros_env.sh: 1..100 from the pid, QVR_ROS_DOMAIN_ID pins it.
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
-os.environ.pop('ROS_STATIC_PEERS', None)
-os.environ['ROS_DOMAIN_ID'] = os.environ.get('QVR_ROS_DOMAIN_ID') or str(1 + os.getpid() % 100)
-# No model hub here: anything that tries to download fails fast instead of hanging.
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+import loopback_env  # noqa: E402,F401  (loopback DDS, a domain id, no hub: before rclpy)
 
 import pytest  # noqa: E402
 

@@ -166,35 +166,31 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_node_visible(env: dict, fq_name: str, timeout: float = 30) -> None:
-    """Wait until the daemon lists the node (a fresh daemon needs 1-3 s of discovery)."""
-    run('ros2 daemon start', env, timeout=30)
-    deadline = time.monotonic() + timeout
-    out = ''
-    while time.monotonic() < deadline:
-        rc, out = run('ros2 node list', env, timeout=30)
-        if fq_name in out.split():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f'{fq_name} not in `ros2 node list` within {timeout} s: {out!r}')
+def _wait_listed(env: dict, command: str, fq_name: str, timeout: float) -> None:
+    """Wait until ``command`` (a daemon-backed listing) names ``fq_name``.
 
-
-def wait_lifecycle_node(env: dict, fq_name: str, timeout: float = 30) -> None:
-    """Wait until the daemon's `ros2 lifecycle nodes` lists the node.
-
-    Until the daemon has discovered the node's services `ros2 lifecycle get` says "Node not
-    found". The daemon is started first: the command that spawns it discovers the graph itself,
-    and the next one asks a daemon that has not yet (shared/ros2cli/README.md).
+    The daemon is started first: the command that spawns it discovers the graph itself, and the
+    next one asks a daemon that has not yet (shared/ros2cli/README.md: 1-3 s of discovery).
     """
     run('ros2 daemon start', env, timeout=30)
     deadline = time.monotonic() + timeout
     out = ''
     while time.monotonic() < deadline:
-        rc, out = run('ros2 lifecycle nodes', env, timeout=30)
+        rc, out = run(command, env, timeout=30)
         if fq_name in out.split():
             return
         time.sleep(0.5)
-    raise AssertionError(f'{fq_name} not in `ros2 lifecycle nodes` within {timeout} s: {out!r}')
+    raise AssertionError(f'{fq_name} not in `{command}` within {timeout} s: {out!r}')
+
+
+def wait_node_visible(env: dict, fq_name: str, timeout: float = 30) -> None:
+    """Wait until the daemon lists the node (a fresh daemon needs 1-3 s of discovery)."""
+    _wait_listed(env, 'ros2 node list', fq_name, timeout)
+
+
+def wait_lifecycle_node(env: dict, fq_name: str, timeout: float = 30) -> None:
+    """Wait until `ros2 lifecycle nodes` lists the node (until then `get`: "Node not found")."""
+    _wait_listed(env, 'ros2 lifecycle nodes', fq_name, timeout)
 
 
 def stop_daemon(env: dict) -> None:
