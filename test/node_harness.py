@@ -91,6 +91,27 @@ def launch_arguments(params_file=None, namespace: str = '', model_dir: str = '',
     return args
 
 
+def wait_for_output(process, pattern, timeout: float, start: int, who: str) -> re.Match:
+    """Wait until ``pattern`` appears in ``process.output()`` after character ``start``.
+
+    ``process`` has ``output()`` and ``proc`` (a Popen); AssertionError with the output's end
+    when the process exits first or ``timeout`` seconds pass.
+    """
+    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    deadline = time.monotonic() + timeout
+    while True:
+        m = rx.search(process.output(), start)
+        if m:
+            return m
+        if process.proc.poll() is not None:
+            raise AssertionError(f'{who} exited with {process.proc.returncode} before '
+                                 f'{rx.pattern!r}:\n{process.output()[-4000:]}')
+        if time.monotonic() > deadline:
+            raise AssertionError(f'no {rx.pattern!r} within {timeout} s from {who}:\n'
+                                 f'{process.output()[-4000:]}')
+        time.sleep(0.05)
+
+
 class NodeProcess:
     """describe_node as a subprocess; its output goes to a log file that tests can search."""
 
@@ -108,19 +129,7 @@ class NodeProcess:
 
     def wait_for_log(self, pattern, timeout: float, start: int = 0) -> re.Match:
         """Wait until ``pattern`` appears in the output after character ``start``."""
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            m = rx.search(self.output(), start)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise AssertionError(f'node exited with {self.proc.returncode} before '
-                                     f'{rx.pattern!r}:\n{self.output()[-4000:]}')
-            if time.monotonic() > deadline:
-                raise AssertionError(f'no {rx.pattern!r} within {timeout} s:\n'
-                                     f'{self.output()[-4000:]}')
-            time.sleep(0.05)
+        return wait_for_output(self, pattern, timeout, start, 'node')
 
     def wait_exit(self, timeout: float) -> int | None:
         try:

@@ -107,19 +107,7 @@ class Background:
 
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
         """Wait until ``pattern`` appears in the output (after character ``start``)."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = rx.search(self.output(), start)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise AssertionError(f'{self.command!r} exited with {self.proc.returncode} '
-                                     f'before {pattern!r}:\n{self.output()[-4000:]}')
-            if time.monotonic() > deadline:
-                raise AssertionError(f'no {pattern!r} within {timeout} s from '
-                                     f'{self.command!r}:\n{self.output()[-4000:]}')
-            time.sleep(0.1)
+        return harness.wait_for_output(self, pattern, timeout, start, repr(self.command))
 
     def wait_exit(self, timeout: float) -> int | None:
         try:
