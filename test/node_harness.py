@@ -318,7 +318,10 @@ class RosClient:
         def ok():
             v = self.counters().get(name)
             return v is not None and int(v) >= at_least and int(v)
-        return self.wait_until(ok, timeout, f'diagnostics {name} >= {at_least}')
+        try:
+            return self.wait_until(ok, timeout, f'diagnostics {name} >= {at_least}')
+        except AssertionError as e:     # say where it stopped: a rate problem or nothing at all
+            raise AssertionError(f'{e}; last value: {self.counters().get(name)}') from None
 
     def close(self):
         import rclpy

@@ -6,7 +6,7 @@ this process, on loopback Fast DDS: 640x480 rgb8 frames (0.92 MB) at 10 Hz.
 - best_effort subscription: most frames never arrive; the rmw's MESSAGE_LOST events become a
   throttled warning naming the topic, the size and what to change, and frames_lost on
   /diagnostics.
-- the default (reliable) subscription gets every frame of a reliable publisher; a best_effort
+- the default (reliable) subscription loses no frame of a reliable publisher; a best_effort
   publisher cannot match it: warned (qos_incompatible) with the parameter to change, and once
   nothing has arrived for 5 s, said again with the publishers' QoS.
 Plus InflowWatch's texts and decisions on their own (no ROS).
@@ -123,10 +123,13 @@ def test_default_reliable_gets_every_frame_and_names_incompatible_publishers(tin
         client.node.destroy_publisher(client.image_pub)
         pub = publisher(client, 'reliable', 10)      # image_transport's default QoS
         frames_at(client, pub)
-        client.wait_counter('frames_received', 30, timeout=15)
+        # Reliable means no frame is lost on the way (best_effort gets ~2 of these 30, README).
+        # The node's keep-last-1 reader may still replace a frame it has not taken yet when its
+        # executor stalls > 100 ms (a loaded CI machine): not a loss, the node wants the newest.
+        client.wait_counter('frames_received', 24, timeout=15)
         time.sleep(1.5)
         values = client.counters()
-        assert int(values['frames_received']) == 30 and int(values['frames_lost']) == 0
+        assert int(values['frames_received']) >= 24 and int(values['frames_lost']) == 0, values
         client.node.destroy_publisher(pub)
 
         from rclpy.qos import QoSProfile, ReliabilityPolicy
