@@ -2,10 +2,10 @@
 
 The README section "Managed (lifecycle) node" is run command by command (read from README.md):
 describe_managed.launch.py configures and activates the node with launch_ros' lifecycle events;
-deactivate stops serving ("inactive" answers); cleanup releases the model (its memory-mapped
-embedding table leaves the process's address space); configure loads it again; activate serves
-again; shutdown ends the process and with it the launch. A configure that cannot load the model
-fails with the reason and leaves the node unconfigured and alive.
+deactivate stops serving ("not active (state inactive)" answers); cleanup releases the model
+(its memory-mapped embedding table leaves the process's address space); configure loads it
+again; activate serves again; shutdown ends the process and with it the launch. A configure
+that cannot load the model fails with the reason and leaves the node unconfigured and alive.
 
 Needs the `ros2` tool in the venv (`make test` installs it from ../shared/ros2cli when the folder
 exists); skipped with that reason otherwise.
@@ -112,7 +112,9 @@ def test_readme_lifecycle_commands(tiny_onnx_dir, tmp_path):
                         assert answer.description.generated_tokens == 4
                 elif command.startswith('ros2 service call'):
                     # the README calls it while the node is inactive
-                    assert 'success=False' in out and "message='inactive:" in out, out
+                    assert 'success=False' in out and (
+                        "message='not active (state inactive): activate it with "
+                        "`ros2 lifecycle set /qwen_vl activate`'") in out, out
                 else:
                     raise AssertionError(f'README {SECTION!r}: no check for {command!r}')
                 checked.append(verb)

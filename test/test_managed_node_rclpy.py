@@ -2,8 +2,9 @@
 
 So it runs in every test venv, Jazzy's rclpy 7.1 (`make test-jazzy`) included, where
 test_managed_node.py (the `ros2 lifecycle` commands) is skipped. Configure, activate (serves),
-deactivate ("inactive" answers), cleanup (model released), shutdown (the process exits 0), and a
-configure that fails with the reason and leaves the node unconfigured.
+deactivate ("not active (state inactive)" answers; services answer so from configure on),
+cleanup (model released), shutdown (the process exits 0), and a configure that fails with the
+reason and leaves the node unconfigured.
 """
 
 import time
@@ -22,6 +23,8 @@ from test_ros2_cli import camera  # noqa: E402
 pytestmark = pytest.mark.timeout(180)
 
 EXECUTABLE = Path(harness.executable()).with_name('describe_managed_node')
+INACTIVE = ('not active (state inactive): activate it with '
+            '`ros2 lifecycle set /qwen_vl activate`')
 
 
 class Lifecycle:
@@ -65,7 +68,8 @@ def test_transitions(tiny_onnx_dir, tmp_path):
             assert EMBEDDING not in maps.read_text()
             assert life.set('configure') and life.get() == 'inactive'
             assert EMBEDDING in maps.read_text()
-            assert not cam.describe_client.service_is_ready()   # nothing serves before activate
+            answer = cam.describe('Anything?')        # served, refused until activate
+            assert not answer.success and answer.message == INACTIVE, answer.message
             assert life.set('activate') and life.get() == 'active'
             node.wait_for(r'\]: ready: ', 30)
             answer = describe_once_a_frame_is_in(cam)
@@ -73,7 +77,7 @@ def test_transitions(tiny_onnx_dir, tmp_path):
             assert answer.description.generated_tokens == 4
             assert life.set('deactivate') and life.get() == 'inactive'
             answer = cam.describe('Anything?')
-            assert not answer.success and answer.message.startswith('inactive:'), answer.message
+            assert not answer.success and answer.message == INACTIVE, answer.message
             assert life.set('cleanup') and life.get() == 'unconfigured'
             assert EMBEDDING not in maps.read_text()
             assert life.set('shutdown')

@@ -4,7 +4,8 @@ diagnostic_msgs conventions (REP 107 / diagnostic_updater): each DiagnosticStatu
 ``<node>: <concern>``, has a level (OK / WARN / ERROR), a message a person understands and its
 figures as key/value pairs. The concerns:
 
-- ``model``: loading / ready / failed / hung, backend, model directory (key ``state``);
+- ``model``: loading / ready / failed / hung, backend, model directory (key ``state``); a
+  managed node not active: its lifecycle state and what to do (key ``lifecycle_state``);
 - ``camera``: frames received, refused by reason, newest frame's age (WARN when older than
   max_image_age_s, or none yet);
 - ``inference``: queue depth, busy refusals, errors, last and p95 vision / first-token /
@@ -46,6 +47,7 @@ COUNTERS = (
     'cancelled',                # jobs dropped or cut short (time-out, shut-down)
     'frames_lost',              # image messages the middleware reported lost (MESSAGE_LOST)
     'qos_incompatible',         # image publishers whose QoS cannot match the subscription
+    'timer_skipped_not_active',  # timer ticks as the node stopped serving (deactivate, shut-down)
 )
 # Counted like errors for the status level: frames that never reached the node.
 LOSSES = ('frames_lost', 'qos_incompatible')
@@ -131,6 +133,8 @@ class NodeHealth:
     pending: int = 0
     queue_size: int = 0
     period_s: float = 0.0
+    not_serving: str = ''        # why every request is refused now (managed: not active)
+    lifecycle: str = ''          # a managed node's lifecycle state ('' = unmanaged)
 
 
 class Reporter:
@@ -159,7 +163,8 @@ class Reporter:
         arr.status = [
             _status(f'{name}: model', h.backend, *_model(h, state_for_s),
                     {'state': h.state, 'backend': h.backend, 'model_dir': h.model_dir,
-                     'state_for_s': f'{state_for_s:.1f}'}),
+                     'state_for_s': f'{state_for_s:.1f}',
+                     **({'lifecycle_state': h.lifecycle} if h.lifecycle else {})}),
             _status(f'{name}: camera', h.image_topic, *_camera(h, new, span, values),
                     {**groups['camera'], 'image_topic': h.image_topic,
                      'newest_frame_age_s': _fmt(h.newest_frame_age_s),
@@ -192,11 +197,12 @@ def _model(h: NodeHealth, state_for_s: float) -> tuple:
         return WARN, (f'loading {h.model_dir} ({state_for_s:.0f} s so far); requests are '
                       'refused until it is ready')
     if h.state == 'failed':
-        return ERROR, f'failed: the model did not load: {h.problem}'
+        then = f'; {h.not_serving}' if h.lifecycle and h.not_serving else ''
+        return ERROR, f'failed: the model did not load: {h.problem}{then}'
     if h.state == 'hung':
         then = (f'; exiting in {h.exit_in_s:.0f} s' if h.exit_in_s is not None else '')
         return ERROR, f'hung: {h.problem}{then}'
-    return WARN, h.state
+    return WARN, h.not_serving or h.state
 
 
 def _camera(h: NodeHealth, new: dict, span: float, values: dict) -> tuple:
@@ -237,6 +243,8 @@ def _inference(h: NodeHealth, new: dict, counters: Counters) -> tuple:
     t = counters.timings()
     figures = (f'; last: first token {t["last_time_to_first_token_ms"]:.0f} ms, '
                f'{t["last_tokens_per_second"]:.1f} tokens/s' if t else '')
+    if h.not_serving:
+        return OK, f'not serving: {h.not_serving}{figures}'
     if h.state != 'ready':
         return OK, f'{h.state}{figures}'
     doing = 'idle' if not h.pending else f'{h.pending} request(s) running or waiting'
@@ -246,12 +254,15 @@ def _inference(h: NodeHealth, new: dict, counters: Counters) -> tuple:
 _SKIP_REASONS = {'timer_skipped_no_frame': 'no new frame', 'timer_skipped_stale': 'stale frame',
                  'timer_skipped_loading': 'model loading',
                  'timer_skipped_video_filling': 'video still filling',
-                 'timer_skipped_hung': 'runtime hung', 'timer_skipped_busy': 'busy'}
+                 'timer_skipped_hung': 'runtime hung', 'timer_skipped_busy': 'busy',
+                 'timer_skipped_not_active': 'not active'}
 
 
 def _timer(h: NodeHealth, new: dict, span: float) -> tuple:
     if h.period_s <= 0:
         return OK, 'off (period_s is 0: service only)'
+    if h.not_serving:
+        return OK, f'no ticks: {h.not_serving}'
     ticks = new.get('timer_ticks', 0)
     skipped = {k: v for k, v in new.items() if k.startswith('timer_skipped_') and v}
     why = ', '.join(f'{_SKIP_REASONS.get(k, k)} {v}' for k, v in skipped.items())

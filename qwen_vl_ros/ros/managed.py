@@ -3,15 +3,22 @@
     unconfigured --configure--> inactive --activate--> active --deactivate--> inactive
     inactive --cleanup--> unconfigured;   any state --shutdown--> finalized (the process exits 0)
 
-- configure: load the model (progress logged); a failure leaves the node unconfigured and logs
-  the reason (configure may be tried again, e.g. after the model directory is fixed);
-- activate: DescribeNode._create_interfaces() (image subscription, timer, publishers,
-  ~/describe): the node serves exactly as the unmanaged one;
+- configure: load the model (progress logged), then make the publishers, ~/describe, ~/detect
+  and ~/describe_stream (they answer "not active" until activate); a failure leaves the node
+  unconfigured, logs the reason and reports it on /diagnostics (model: failed, ERROR);
+  configure may be tried again, e.g. after the model directory is fixed;
+- activate: the image subscription and the timer (DescribeNode._create_interfaces()): the
+  node serves exactly as the unmanaged one;
 - deactivate: the subscription and the timer are destroyed and the inference worker stopped
-  (a running generation is cancelled: the NPU is free for other work); ~/describe stays and
-  answers "inactive";
+  (a running generation is cancelled: the NPU is free for other work);
 - cleanup: the model is released (runtime sessions, memory-mapped embedding table), the
   services and publishers are destroyed.
+
+Whenever the node is not active, every entry point that exists (~/describe, ~/detect,
+~/describe_stream goals, a request or goal cut short by deactivate, the timer, /diagnostics)
+gives one reason, naming the state and what to do (``not_active_reason``), e.g.
+"not active (state inactive): activate it with `ros2 lifecycle set /qwen_vl activate`".
+After SIGINT / SIGTERM it is "shutting down", as in the unmanaged node.
 
 The state machine is rclpy's LifecycleNode (Humble and later), driven by `ros2 lifecycle set`
 or launch_ros' lifecycle events (launch/describe_managed.launch.py). A second executable rather
@@ -38,6 +45,32 @@ from .node import main as _node_main
 EXIT_DELAY_S = 0.5
 
 
+def not_active_reason(state: str, node: str) -> str:
+    """Return the answer to every request while the lifecycle node is in ``state``.
+
+    ``state``: a primary state (unconfigured, inactive, finalized) or a transition state
+    (configuring, activating, deactivating, cleaningup, shuttingdown, errorprocessing), as
+    `ros2 lifecycle get` names them (lifecycle_msgs/msg/State); ``node``: its full name.
+    """
+    def cli(*transitions):
+        return ', then '.join(f'`ros2 lifecycle set {node} {t}`' for t in transitions)
+    what = {
+        'unconfigured': f'no model loaded; configure and activate it with '
+                        f'{cli("configure", "activate")}',
+        'configuring': f'the model is loading; activate it with {cli("activate")} once '
+                       'configured',
+        'inactive': f'activate it with {cli("activate")}',
+        'activating': 'it serves as soon as the activate transition has finished',
+        'deactivating': f'it is being deactivated; activate it again with {cli("activate")}',
+        'cleaningup': f'the model is being released; configure and activate it again with '
+                      f'{cli("configure", "activate")}',
+        'shuttingdown': 'the lifecycle shutdown transition is ending the node',
+        'finalized': 'the lifecycle shutdown transition ended the node; it exits',
+        'errorprocessing': 'an error is being handled; the node goes back to unconfigured',
+    }.get(state, f'see `ros2 lifecycle get {node}`')
+    return f'not active (state {state}): {what}'
+
+
 class ManagedDescribeNode(DescribeNode, LifecycleNode):
     """DescribeNode whose serving interfaces exist only between activate and cleanup."""
 
@@ -45,15 +78,38 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
 
     def __init__(self):
         super().__init__()          # DescribeNode, then LifecycleNode (cooperative MRO)
-        self._lifecycle = 'unconfigured'
+        self._lifecycle = 'unconfigured'    # lifecycle_msgs state label, transitions included
         self._pipeline = None
         self._load_s = 0.0
+        self._configure_error: BaseException | None = None   # the last configure's failure
         self._serving: set = set()  # entities _create_interfaces() made, destroyed on cleanup
 
     @property
     def state(self) -> str:
-        """Return unconfigured | configuring | inactive | finalized; the worker's when active."""
-        return self.worker.state if self._lifecycle == 'active' else self._lifecycle
+        """Return the model's state for /diagnostics.
+
+        The worker's when active; else loading (while configuring), failed (unconfigured after
+        a failed configure) or the lifecycle state.
+        """
+        if self._lifecycle == 'active':
+            return self.worker.state
+        if self._lifecycle == 'configuring':
+            return 'loading'
+        if self._lifecycle == 'unconfigured' and self._configure_error is not None:
+            return 'failed'
+        return self._lifecycle
+
+    def _not_serving(self) -> str | None:
+        why = super()._not_serving()
+        if why or self._lifecycle == 'active':
+            return why
+        return not_active_reason(self._lifecycle, self._diag_name)
+
+    def _load_error(self) -> BaseException | None:
+        return self._configure_error
+
+    def _lifecycle_state(self) -> str:
+        return self._lifecycle
 
     def start(self) -> None:
         self.watchdog.start()
@@ -65,44 +121,52 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         s = self.settings
         self._lifecycle = 'configuring'
+        self._configure_error = None
         self.get_logger().info(f'configure: loading {s.model_dir} (backend {s.backend})')
         t0 = time.monotonic()
         try:
             self._pipeline = self._load_interruptible()
         except Exception as e:  # noqa: BLE001 - any failure to load is a failed transition
+            self._configure_error = e
             self._lifecycle = 'unconfigured'
             self.get_logger().error(
                 f'configure failed, still unconfigured: cannot load the model from '
                 f'{s.model_dir!r}: {type(e).__name__}: {one_line(e)}')
             return TransitionCallbackReturn.FAILURE
         self._load_s = time.monotonic() - t0
+        # services, action and publishers (self.active is False: no subscription, no timer);
+        # until activate they answer "not active (state inactive)"
+        self._make_interfaces()
         self._lifecycle = 'inactive'
         self.get_logger().info(f'configured: model loaded in {self._load_s:.1f} s; inactive '
                                f'until activate')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
-        before = _entities(self)
-        self.active = True
-        self._create_interfaces()
-        self._serving |= _entities(self) - before
+        self._lifecycle = 'activating'
         pipeline = self._pipeline
         self._use_worker(self._new_worker(lambda: pipeline))
         self.worker.start()          # "ready: ..." once the worker holds the loaded model
+        self.active = True
+        self._make_interfaces()      # image subscription and timer
         self._lifecycle = 'active'
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._lifecycle = 'deactivating'
         self._pause()
-        self.get_logger().info('deactivated: not subscribed, no timer, requests get "inactive"')
+        self.get_logger().info('deactivated: not subscribed, no timer; requests get "not '
+                               'active (state inactive)"')
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._lifecycle = 'cleaningup'
         self._unload()
         self.get_logger().info('cleaned up: model released, unconfigured')
         return super().on_cleanup(state)
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._lifecycle = 'shuttingdown'
         self._pause()
         self._unload()
         self._lifecycle = 'finalized'
@@ -112,6 +176,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state) -> TransitionCallbackReturn:
+        self._lifecycle = 'errorprocessing'
         self._pause()
         self._unload()
         return TransitionCallbackReturn.SUCCESS    # back to unconfigured
@@ -120,6 +185,12 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         super()._on_loaded(pipeline, self._load_s)   # the load was configure's, not this
 
     # -- helpers ------------------------------------------------------------------------------
+    def _make_interfaces(self) -> None:
+        """DescribeNode._create_interfaces(), its new entities kept to destroy later."""
+        before = _entities(self)
+        self._create_interfaces()
+        self._serving |= _entities(self) - before
+
     def _load_interruptible(self):
         """Run DescribeNode._load on a daemon thread; give up (RuntimeError) on shut-down.
 
@@ -156,7 +227,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
         s = self.settings
         self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
                                  s.video_interval_s, _max_gap_s(s))
-        if self._lifecycle == 'active':
+        if self._lifecycle in ('active', 'deactivating'):
             self._lifecycle = 'inactive'
 
     def _unload(self) -> None:

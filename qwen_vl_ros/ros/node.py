@@ -129,10 +129,10 @@ class DescribeNode(Node):
     def _create_interfaces(self) -> None:
         """Create what serves: image subscription, timer, publishers, ~/describe.
 
-        The one place where serving interfaces are made: in __init__ (unmanaged), or on every
-        activate of a managed node (managed.py). Publishers and services are made once and kept
-        while a managed node is inactive (requests then get "inactive"); the subscription and
-        the timer are made again on each activate (deactivate destroys them).
+        The one place where serving interfaces are made: in __init__ (unmanaged), or in a
+        managed node (managed.py) on configure (publishers, services, action: they answer "not
+        active" until activate) and on every activate (the subscription and the timer, made
+        only while ``self.active``; deactivate destroys them).
         """
         s = self.settings
         if self._service is None:
@@ -149,7 +149,8 @@ class DescribeNode(Node):
             # (a managed node's worker changes on each activate: withdraw goes to the current)
             self._stream = StreamAction(self, self._start_stream,
                                         lambda *a, **k: self.worker.withdraw(*a, **k),
-                                        self._closing, ReentrantCallbackGroup())
+                                        self._closing, ReentrantCallbackGroup(),
+                                        not_serving=self._not_serving)
             # Detections (ros/detect.py; vision_msgs may be missing) and the annotated image
             # (ros/annotate.py; drawn only while subscribed).
             self._annotator = annotate.Annotator(
@@ -168,7 +169,7 @@ class DescribeNode(Node):
                 _warning(self.get_logger())(detect_io.MISSING)
                 self._detect_service = self.create_service(Trigger, '~/detect',
                                                            detect_io.unavailable)
-        if self._image_sub is None:
+        if self._image_sub is None and self.active:   # (a managed node: on activate)
             qos = QoSProfile(
                 history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE,
                 reliability=(ReliabilityPolicy.RELIABLE if s.image_reliability == 'reliable'
@@ -219,6 +220,9 @@ class DescribeNode(Node):
         self.get_logger().error(
             f'cannot load the model from {self.settings.model_dir!r}: '
             f'{type(error).__name__}: {one_line(error)}')
+        # the last /diagnostics says "failed" with the reason (the 1 Hz one may not come
+        # before the process exits)
+        self._publish_diagnostics()
         self.exit_code = 1
 
     def _on_hung(self, reason: str) -> None:
@@ -332,6 +336,9 @@ class DescribeNode(Node):
     # -- timer --------------------------------------------------------------------------------
     def _on_tick(self) -> None:
         self.counters.inc('timer_ticks')
+        if self._not_serving():   # a tick that began as the timer was destroyed
+            self.counters.inc('timer_skipped_not_active')
+            return
         if self.worker.state != 'ready':
             self.counters.inc('timer_skipped_hung' if self.worker.state == 'hung' else
                               'timer_skipped_loading')
@@ -382,6 +389,7 @@ class DescribeNode(Node):
         except Refused as r:
             self.counters.inc('timer_skipped_busy' if r.kind == 'busy' else
                               'timer_skipped_hung' if r.kind == 'hung' else
+                              'timer_skipped_not_active' if r.kind == 'stopped' else
                               'timer_skipped_loading')
             return
         self.frames.mark_described(source)
@@ -429,10 +437,18 @@ class DescribeNode(Node):
             return None, None, None, problem
         return prompts, sources, constraint, None
 
+    def _not_serving(self) -> str | None:
+        """Why every request is refused now (None: serving): 'shutting down' after SIGINT.
+
+        The one reason every entry point gives (~/describe, ~/detect, ~/describe_stream goals,
+        the timer, /diagnostics); a managed node adds its lifecycle states (managed.py).
+        """
+        return 'shutting down' if self._closing.is_set() else None
+
     def _on_describe(self, request, response):
-        if not self.active:
-            return _refuse(response, 'inactive: the node is managed and not active (ros2 '
-                                     f'lifecycle set {self._diag_name} activate)')
+        why = self._not_serving()
+        if why:
+            return _refuse(response, why)
         prompts, sources, constraint, why = self._request(request)
         if why:
             return _refuse(response, why)
@@ -453,6 +469,9 @@ class DescribeNode(Node):
 
         The goal carries what the ~/describe request carries (questions, image, constraints).
         """
+        why = self._not_serving()
+        if why:
+            return None, why
         prompts, sources, constraint, why = self._request(goal)
         if why:
             return None, why
@@ -463,7 +482,7 @@ class DescribeNode(Node):
         except Refused as r:
             if r.kind == 'busy':
                 self.counters.inc('busy_replies')
-            return None, str(r)
+            return None, (self._not_serving() if r.kind == 'stopped' else None) or str(r)
         if sources[-1].from_topic:
             self.frames.mark_described(sources[-1])
         return job, None
@@ -581,6 +600,9 @@ class DescribeNode(Node):
 
     # -- ~/detect -----------------------------------------------------------------------------
     def _on_detect(self, request, response):
+        why = self._not_serving()
+        if why:
+            return _refuse(response, why)
         labels, expression = params.strings(request.labels), request.prompt.strip()
         if not labels and not expression:
             return _refuse(response, 'bad request: give labels and/or prompt (a referring '
@@ -616,7 +638,7 @@ class DescribeNode(Node):
         except Refused as r:
             if r.kind == 'busy':
                 self.counters.inc('busy_replies')
-            return str(r)
+            return (self._not_serving() if r.kind == 'stopped' else None) or str(r)
         if source.from_topic:
             self.frames.mark_described(source)
         deadline = time.monotonic() + s.request_timeout_s
@@ -629,6 +651,8 @@ class DescribeNode(Node):
             if time.monotonic() > deadline:
                 job.cancel()
                 return f'timeout: no answer within request_timeout_s = {s.request_timeout_s:g} s'
+        if isinstance(job.error, Cancelled):   # e.g. by a deactivate: say why
+            return self._not_serving() or error_kind(job.error)[1]
         return error_kind(job.error)[1] if job.error is not None else None
 
     def _warn_throttled(self, key, text: str) -> None:
@@ -651,17 +675,28 @@ class DescribeNode(Node):
         self._check_inflow()
         s, w = self.settings, self.worker
         newest = self.frames.newest()
-        problem = (one_line(w.load_error) if w.state == 'failed' and w.load_error else
-                   w.hang_reason if w.state == 'hung' else '')
+        state, load_error = self.state, self._load_error()
+        problem = (one_line(load_error) if state == 'failed' and load_error else
+                   w.hang_reason if state == 'hung' else '')
         runtime = getattr(getattr(w.pipeline, 'runtime', None), 'name', '')
         health = NodeHealth(
-            state=self.state, backend=runtime or s.backend, model_dir=s.model_dir,
+            state=state, backend=runtime or s.backend, model_dir=s.model_dir,
             problem=problem, exit_in_s=self.watchdog.exit_in(), image_topic=self.image_topic,
             newest_frame_age_s=self._frame_age(newest) if newest is not None else None,
             max_image_age_s=s.max_image_age_s, pending=w.pending, queue_size=s.queue_size,
-            period_s=s.period_s)
+            period_s=s.period_s, not_serving=self._not_serving() or '',
+            lifecycle=self._lifecycle_state())
         self._pub_diag.publish(self._reporter.report(self._diag_name, health,
                                                      self.get_clock().now().to_msg()))
+
+
+    def _load_error(self) -> BaseException | None:
+        """Return why the model did not load (state 'failed'); managed: configure's failure."""
+        return self.worker.load_error
+
+    def _lifecycle_state(self) -> str:
+        """Return the lifecycle state of a managed node ('' here: an unmanaged node has none)."""
+        return ''
 
 
 def _max_gap_s(s: params.Settings) -> float:

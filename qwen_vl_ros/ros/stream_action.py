@@ -24,6 +24,7 @@ from qwen_vl_interfaces.action import Describe as DescribeAction
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 
 from .convert import error_kind, ros_string
+from .worker import Cancelled
 
 POLL_S = 0.05   # longest a goal's thread waits before it looks at cancel and shut-down again
 
@@ -69,10 +70,14 @@ class Progress:
 class StreamAction:
     """The ~/describe_stream action server of a node."""
 
-    def __init__(self, node, start, withdraw, closing: threading.Event, callback_group):
+    def __init__(self, node, start, withdraw, closing: threading.Event, callback_group,
+                 not_serving=lambda: None):
         self._start = start
         self._withdraw = withdraw     # InferenceWorker.withdraw: a queued job leaves at once
         self._closing = closing
+        # why the node stopped serving (a managed node's deactivate cancels the running job):
+        # the reason a goal cut short by it ends with, instead of a bare success or "cancelled"
+        self._not_serving = not_serving
         self._jobs: dict = {}     # goal id -> its job, while the goal runs
         self._lock = threading.Lock()
         self._server = ActionServer(
@@ -128,6 +133,9 @@ class StreamAction:
             end = handle.canceled
         elif self._closing.is_set():
             result.success, result.message = False, 'shutting down'
+            end = handle.abort
+        elif (job.cancelled or isinstance(job.error, Cancelled)) and self._not_serving():
+            result.success, result.message = False, self._not_serving()
             end = handle.abort
         elif job.error is not None:
             result.success, result.message = False, error_kind(job.error)[1]
