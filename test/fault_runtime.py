@@ -16,7 +16,9 @@ ignores it). A fault fires ``times`` times (0 = forever), then is spent.
 In-process: ``wrap_pipeline(pipe, plan)``. In a node process: ``install(plan)`` before the
 model loads (test/fault_node.py does it); its plan then comes from the JSON file named by
 QVR_FAULT_PLAN, taken (renamed away) at the start of each request, so a test arms faults by
-writing that file and the next request after a fault runs clean.
+writing that file and the next request after a fault runs clean. ``install(plan,
+load_delay_s)`` also makes the model load start that many seconds late (an NPU whose models
+take long to load; QVR_FAULT_LOAD_DELAY_S in fault_node.py).
 """
 
 from __future__ import annotations
@@ -158,9 +160,24 @@ def wrap_pipeline(pipe, plan: FaultPlan):
     return pipe
 
 
-def install(plan: FaultPlan) -> None:
-    """Wrap every session OnnxRuntime opens from now on (layers numbered in opening order)."""
+def install(plan: FaultPlan, load_delay_s: float = 0.0) -> None:
+    """Wrap every session OnnxRuntime opens from now on (layers numbered in opening order).
+
+    ``load_delay_s`` > 0: every Pipeline.load sleeps that long first (says so on stderr).
+    """
+    from qwen_vl_ros.vlm.pipeline import Pipeline
     from qwen_vl_ros.vlm.runtime.onnx import OnnxRuntime
+
+    if load_delay_s > 0:
+        real_load = Pipeline.load.__func__
+
+        def slow_load(cls, *args, **kwargs):
+            print(f'fault_runtime: model load delayed {load_delay_s:g} s', file=sys.stderr,
+                  flush=True)
+            time.sleep(load_delay_s)
+            return real_load(cls, *args, **kwargs)
+
+        Pipeline.load = classmethod(slow_load)
 
     original = OnnxRuntime.open
     layers = iter(range(1 << 30))
