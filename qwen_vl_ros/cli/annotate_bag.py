@@ -84,6 +84,8 @@ def annotate_bag(args) -> int:
     if args.image:
         print(f'{PROG}: error: give either --image or --bag, not both', file=sys.stderr)
         return 2
+    if args.every is None:
+        args.every = 1.0
     if args.every < 0:
         print(f'{PROG}: error: --every must be >= 0', file=sys.stderr)
         return 2

@@ -6,6 +6,12 @@
 Several images are one video (in the order given). Each --follow-up is a further question about
 the same images, answered after the first one; it reuses their vision features (and, on a
 chunked-prefill build, the KV rows of the common prompt prefix).
+
+--stream prints the text as it is generated. With --json the output is JSON Lines: one
+{"delta": "..."} object per piece of text as it comes, then the question's result object (the
+one --json prints without --stream); with --follow-up, the same again for each question. The
+deltas of a question join to its result's "text". Options that the chosen way of running would
+not use (e.g. --stream with --bag or --detect) are refused, never ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..vlm.constrain import grammar_for
 from ..vlm.prompt import keep_torch_out
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
+from .combinations import UsageError, check_combinations
 
 DEFAULT_PROMPT = 'Describe this image.'
 
@@ -130,10 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='image file; repeat for a video (frames in order)')
     p.add_argument('--bag', help='annotate a rosbag2 recording instead of image files')
     p.add_argument('--topic', help='--bag: the Image or CompressedImage topic')
-    p.add_argument('--every', type=float, default=1.0, help='--bag: seconds between frames')
+    p.add_argument('--every', type=float, help='--bag: seconds between frames (default 1)')
     p.add_argument('--out', help='--bag: JSONL file to write (default: stdout)')
     p.add_argument('--json', action='store_true', help='print one JSON object')
-    p.add_argument('--stream', action='store_true', help='print text as it is generated')
+    p.add_argument('--stream', action='store_true',
+                   help='print text as it is generated; with --json: one {"delta": ...} line '
+                        'per piece, then the result object (JSON Lines)')
     p.add_argument('--detect', type=split_choices, metavar='LABELS',
                    help='find these comma-separated objects in the one --image: prints the '
                         'boxes (source pixels) as JSON, as ~/detect answers')
@@ -148,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def error_line(error: BaseException) -> str:
     """One line for any error: a VLMError's own message; others with their class name."""
     text = ' '.join(str(error).split())
-    if isinstance(error, VLMError):
+    if isinstance(error, (VLMError, UsageError)):
         return text or type(error).__name__
     return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
@@ -191,6 +200,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     keep_torch_out()
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
+    check_combinations(args)       # UsageError: nothing given is ignored silently
     if args.bag:
         from .annotate_bag import annotate_bag
         return annotate_bag(args)
@@ -204,11 +214,14 @@ def _run(args) -> int:
     pipe = load_pipeline(args, progress=lambda m: print(m, file=sys.stderr))
 
     def on_text(piece):
-        print(piece, end='', flush=True)
+        if args.json:   # JSON Lines: a reader tells a delta from a result by its keys
+            print(json.dumps({'delta': piece}, ensure_ascii=False), flush=True)
+        else:
+            print(piece, end='', flush=True)
 
     for prompt in [args.prompt] + args.follow_up:
         result = pipe.describe(frames, prompt, options,
-                               on_text=on_text if args.stream and not args.json else None)
+                               on_text=on_text if args.stream else None)
         if args.json:
             extra = {} if not args.follow_up else dict(
                 prompt=prompt, vision_cached=result.vision_cached,
