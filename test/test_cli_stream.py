@@ -113,6 +113,8 @@ def test_other_ignored_options_are_refused(tiny_onnx_dir, image, capsys):
                    '--follow-up cannot be used with --refer')
     assert_refused(capsys, one + ['--detect', 'cup', '--choices', 'yes,no'],
                    '--choices cannot be used with --detect')
+    assert_refused(capsys, one + ['--detect', 'cup', '--prompt', 'Where is the cup?'],
+                   '--prompt cannot be used with --detect')
     for option, value in (('--topic', '/camera'), ('--every', 2), ('--out', 'x.jsonl')):
         assert_refused(capsys, one + [option, value],
                        f'{option} cannot be used with --image: it is for --bag only')

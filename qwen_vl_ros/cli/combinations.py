@@ -20,6 +20,8 @@ _WHY = {
     },
     'detect': {
         '--stream': 'detections are printed as one JSON object once the boxes are complete',
+        '--prompt': 'detection asks its own question: give what to find with --detect LABELS '
+                    'and/or --refer EXPRESSION',
         '--follow-up': 'detections answer one question about the one --image',
         '--choices': 'detections have their own answer format (boxes as JSON)',
         '--json-schema': 'detections have their own answer format (boxes as JSON)',
@@ -39,8 +41,10 @@ def check_combinations(args) -> None:
     ``args``: describe.build_parser()'s namespace. ``--image`` with ``--bag`` is refused by
     annotate_bag itself.
     """
+    from .describe import DEFAULT_PROMPT
     given = {
-        '--stream': args.stream, '--follow-up': bool(args.follow_up),
+        '--prompt': args.prompt != DEFAULT_PROMPT, '--stream': args.stream,
+        '--follow-up': bool(args.follow_up),
         '--detect': args.detect is not None, '--refer': bool(args.refer),
         '--choices': args.choices is not None, '--json-schema': args.json_schema is not None,
         '--regex': args.regex is not None, '--topic': args.topic is not None,
