@@ -179,14 +179,11 @@ def test_streaming_pieces_make_the_text(pipe):
 
 
 def test_should_stop_cancels(pipe):
-    calls = []
-
-    def stop():
-        calls.append(1)
-        return len(calls) >= 3
-
-    r = pipe.describe([frame(448, 448)], PROMPT, GREEDY, should_stop=stop)
-    assert r.finish_reason == 'cancelled' and len(r.token_ids) == 3
+    tokens = []     # on_token: each generated token (should_stop is also asked before vision
+    #                 and before each prefill chunk, so its calls are not decode steps)
+    r = pipe.describe([frame(448, 448)], PROMPT, GREEDY, should_stop=lambda: len(tokens) >= 3,
+                      on_token=tokens.append)
+    assert r.finish_reason == 'cancelled' and len(r.token_ids) == 3 and r.token_ids == tokens
 
 
 def test_missing_files_named_in_one_error(tiny_onnx_dir, tmp_path):

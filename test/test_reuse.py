@@ -297,14 +297,15 @@ def test_cancel_runs_no_model_after_should_stop(single):
     """should_stop is asked before every decode step: once it says stop, nothing else runs."""
     pipe = single
     calls = Calls(pipe)
-    seen = []
+    seen, tokens = [], []
 
     def stop():
         seen.append(sum(calls.counts.values()))
-        return len(seen) >= 4
+        return len(tokens) >= 4
 
     r = pipe.describe([frame(448, 448, seed=13)], PROMPT,
-                      GenerationOptions(max_new_tokens=50, greedy=True), should_stop=stop)
+                      GenerationOptions(max_new_tokens=50, greedy=True), should_stop=stop,
+                      on_token=tokens.append)
     assert r.finish_reason == 'cancelled' and len(r.token_ids) == 4
     assert sum(calls.counts.values()) == seen[-1]   # no runtime call after the stop
 

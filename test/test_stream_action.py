@@ -337,10 +337,10 @@ def test_progress_feedback_never_splits_a_character(tiny_onnx_dir):
     text = 'Ein Roboter sieht 猫 und 🤖 an der Tür: ça va.'
     ids = tok(text, add_special_tokens=False)['input_ids']
     progress, stream = Progress(), TextStream(tok)
-    on_text, stop = progress.hooks(0, lambda: False)
-    for k, token in enumerate(ids):
-        if k:
-            stop()                        # the core asks before every decode step
+    hooks = progress.hooks(0)
+    on_text = hooks['on_text']
+    for token in ids:
+        hooks['on_token'](token)          # the core: each token, before the text it completes
         piece = stream.push(token)
         if piece:
             on_text(piece)

@@ -541,10 +541,9 @@ class DescribeNode(Node):
             for i, question in enumerate(prompts):
                 if i and should_stop():
                     break             # cancelled between two questions
-                on_text, stop = (None, should_stop) if progress is None else \
-                    progress.hooks(i, should_stop)
-                result = pipeline.describe(frames, question, opts, on_text=on_text,
-                                           should_stop=stop, frame_keys=keys)
+                hooks = {} if progress is None else progress.hooks(i)
+                result = pipeline.describe(frames, question, opts, should_stop=should_stop,
+                                           frame_keys=keys, **hooks)
                 msg = description_msg(result, source.header, question, trigger,
                                       0.0 if i else convert_ms, opts.choices)
                 if result.finish_reason == 'cancelled' or (progress is None and should_stop()):

@@ -10,9 +10,10 @@ result's ``message``: a ROS 2 goal response is a bare accept/reject and cannot s
 
 Feedback is made on the worker thread (``Progress``: one item per decode step that completed
 text, never a split UTF-8 character, see vlm/streaming.py) and published from the goal's
-executor thread. A cancel request sets the job's stop flag: the core asks it before every
-decode step, so generation ends before the next one; the result then has finish reason
-"cancelled" and the partial text.
+executor thread. A cancel request sets the job's stop flag: the core asks it before the vision
+model, before each prefill chunk (a chunked-prefill build) and before every decode step, so the
+request ends before the next one; the result then has finish reason "cancelled" and the
+partial text (none when it ended before the first token).
 """
 
 from __future__ import annotations
@@ -35,26 +36,25 @@ class Progress:
     def __init__(self):
         self.items: queue.Queue = queue.Queue()
         self._text = ''
-        self._steps = 0
+        self._tokens = 0
 
-    def hooks(self, index: int, should_stop):
-        """(on_text, should_stop) for question ``index`` of Pipeline.describe.
+    def hooks(self, index: int) -> dict:
+        """{'on_text': ..., 'on_token': ...} for question ``index`` of Pipeline.describe.
 
-        The core asks should_stop once before every decode step, so counting those calls gives
-        the tokens generated when a piece of text arrives (the first came from the prefill).
+        The core calls on_token with every generated token before the text it completes, so
+        a piece of text carries the count of tokens generated so far.
         """
-        self._text, self._steps = '', 0
+        self._text, self._tokens = '', 0
 
-        def stop() -> bool:
-            self._steps += 1
-            return should_stop()
+        def on_token(token: int) -> None:
+            self._tokens += 1
 
         def on_text(piece: str) -> None:
             piece = ros_string(piece)
             self._text += piece
-            self.items.put((index, self._text, piece, self._steps + 1))
+            self.items.put((index, self._text, piece, self._tokens))
 
-        return on_text, stop
+        return {'on_text': on_text, 'on_token': on_token}
 
     def done(self, index: int, text: str, tokens: int) -> None:
         """Close question ``index``: one last item when its final text says more than fed.

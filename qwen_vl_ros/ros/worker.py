@@ -153,7 +153,8 @@ class InferenceWorker:
     def stalled_for(self) -> float:
         """Seconds the running job has gone without a sign of life; 0.0 when nothing runs.
 
-        Signs of life: the job starting, and each ``should_stop()`` call (once per decode step).
+        Signs of life: the job starting, and each ``should_stop()`` call (before vision, each
+        prefill chunk and each decode step).
         """
         with self._cond:
             if self._running is None:

@@ -149,17 +149,23 @@ class DecoderStack:
             start = start // c * c if self.can_resume else 0
         return list(range(start, total, c))
 
-    def prefill(self, embeds: np.ndarray, positions: np.ndarray, start: int = 0) -> np.ndarray:
+    def prefill(self, embeds: np.ndarray, positions: np.ndarray, start: int = 0,
+                should_stop=None) -> np.ndarray | None:
         """Run the prompt through every layer, chunk by chunk; return the last row's hidden.
 
         ``start`` > 0: rows [0, start) are already in the cache (a reused prompt prefix) and
-        only the rest is run (see ``chunk_starts``).
+        only the rest is run (see ``chunk_starts``). ``should_stop()`` is asked before each
+        chunk: True ends the prefill there and returns None (a cancel during a long chunked
+        prefill takes effect after at most one chunk; the rows written so far are not a
+        prompt anyone may reuse).
         """
         total = len(embeds)
         self.check_prompt(total)
         c = self.chunk
         last = None
         for h in self.chunk_starts(total, start):
+            if should_stop is not None and should_stop():
+                return None
             real = min(c, total - h)
             pg = self._group_for(h)
             x = np.zeros((1, c, self.hidden), self.dtype)

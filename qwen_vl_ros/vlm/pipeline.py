@@ -175,12 +175,13 @@ class Pipeline:
 
     # -- one request ------------------------------------------------------------------------
     def _prepare(self, frames, prompt: str, second_per_grid_t: float, clock: dict,
-                 frame_keys=None):
+                 frame_keys=None, should_stop=None):
         """Frames and prompt -> (ids, rope positions, embeddings with vision spliced in, key).
 
         ``key`` names the vision content (None without frames); ``clock['vision_cached']``
         tells whether its features came from the cache. ``frame_keys`` (one hashable per
-        frame) name the frames; without them the patch bytes do.
+        frame) name the frames; without them the patch bytes do. ``should_stop()`` True
+        before the vision model runs raises _Stopped (a request cancelled before it began).
         """
         cfg = self.files.config
         dec = self.decoder
@@ -213,6 +214,8 @@ class Pipeline:
 
         # vision features (one call per temporal group, unless kept), spliced over the pad run
         if frames:
+            if feats is None and should_stop is not None and should_stop():
+                raise _Stopped(len(ids))
             if feats is None:
                 feats = [self.vision.run({self.vision_input.name: patches[g:g + 1]})[0]
                          for g in range(len(patches))]
@@ -228,17 +231,24 @@ class Pipeline:
         clock['vision'] = time.perf_counter()
         return ids, positions, embeds, key
 
-    def _prefill(self, ids, positions, embeds, key) -> tuple:
-        """Prefill what the KV cache does not hold yet; return (first logits, rows reused)."""
+    def _prefill(self, ids, positions, embeds, key, should_stop=None) -> tuple:
+        """Prefill what the KV cache does not hold yet; return (first logits, rows reused).
+
+        ``should_stop()`` is asked before each prefill chunk; True raises _Stopped (the
+        cache then holds no prompt a follow-up may reuse; the vision features stay good).
+        """
         dec = self.decoder
         kept = self.prefix_cache.reusable(ids, positions, key, dec.cache_epoch)
         start = dec.chunk_starts(len(ids), kept)[0]
         self.prefix_cache.forget()   # the rows change now; recorded again once they are right
         try:
-            logits = dec.logits(dec.prefill(embeds, positions, start))
+            hidden = dec.prefill(embeds, positions, start, should_stop)
+            logits = None if hidden is None else dec.logits(hidden)
         except BaseException:
             self.vision_cache.drop(key)   # e.g. NaN features: NaN first logits; keep none
             raise
+        if logits is None:
+            raise _Stopped(len(ids), start)
         self.prefix_cache.hold(ids, positions, key, dec.cache_epoch)
         return logits, start
 
@@ -277,12 +287,15 @@ class Pipeline:
         return self._grammar_tokenizer
 
     def describe(self, frames, prompt: str, options: GenerationOptions | None = None,
-                 on_text=None, should_stop=None, frame_keys=None) -> Result:
+                 on_text=None, should_stop=None, frame_keys=None, on_token=None) -> Result:
         """Answer ``prompt`` about ``frames`` (0 = text only, 1 = image, more = video).
 
-        ``on_text(piece)`` is called with each newly completed piece of text while decoding;
-        ``should_stop()`` is asked before each decode step and ends generation early with
-        finish reason 'cancelled' when it returns True. With ``choices`` / ``json_schema`` /
+        ``on_text(piece)`` is called with each newly completed piece of text while decoding,
+        ``on_token(token_id)`` with each generated token (the first comes from the prefill);
+        ``should_stop()`` is asked before the vision model, before each prefill chunk (a
+        chunked-prefill build has several) and before each decode step, and ends the request
+        early with finish reason 'cancelled' when it returns True (before the first token:
+        no tokens, empty text). With ``choices`` / ``json_schema`` /
         ``regex`` the logits are masked before sampling and generation ends (finish reason
         'stop') as soon as the answer is complete; a bad constraint raises ConstraintError
         before any model runs. ``frame_keys``: one hashable per frame naming its content (e.g.
@@ -296,12 +309,14 @@ class Pipeline:
         guide = self.guide(opts)
         dec = self.decoder
         clock = {'start': time.perf_counter()}
-        ids, positions, embeds, key = self._prepare(frames, prompt, opts.second_per_grid_t,
-                                                    clock, frame_keys)
-
-        # prefill (what the cache does not hold) -> first logits
-        sampler = Sampler(opts.resolve(self.files.generation_config), ids)
-        logits, reused = self._prefill(ids, positions, embeds, key)
+        try:
+            ids, positions, embeds, key = self._prepare(frames, prompt, opts.second_per_grid_t,
+                                                        clock, frame_keys, should_stop)
+            # prefill (what the cache does not hold) -> first logits
+            sampler = Sampler(opts.resolve(self.files.generation_config), ids)
+            logits, reused = self._prefill(ids, positions, embeds, key, should_stop)
+        except _Stopped as stopped:
+            return _cancelled_before_the_first_token(clock, stopped)
         t_first = time.perf_counter()
 
         # decode: slot = next cache row, position = next rope position (they differ)
@@ -315,6 +330,8 @@ class Pipeline:
             token = sampler(logits) if guide is None else sampler(logits,
                                                                   guide.candidates(logits))
             out.append(token)
+            if on_token is not None:
+                on_token(token)
             if token in self.eos_ids:
                 finish = 'stop'
                 break
@@ -375,3 +392,27 @@ class Pipeline:
                                          f'exceed the KV length {dec.kv_len}')
             rows.append(self._step(int(token), slot, position + k))
         return np.stack(rows)
+
+
+class _Stopped(Exception):
+    """should_stop() said stop before the first token (before vision, or between chunks)."""
+
+    def __init__(self, prompt_tokens: int, reused: int = 0):
+        super().__init__('cancelled before the first token')
+        self.prompt_tokens = prompt_tokens
+        self.reused = reused
+
+
+def _cancelled_before_the_first_token(clock: dict, stopped: _Stopped) -> Result:
+    """Return the Result of a request stopped before its first token: no tokens, no text."""
+    now = time.perf_counter()
+    start = clock['start']
+    pre = clock.get('preprocessed', now)
+    vis = clock.get('vision', now)
+    return Result(text='', token_ids=[], prompt_tokens=stopped.prompt_tokens,
+                  finish_reason='cancelled',
+                  timings_ms={'preprocess': 1e3 * (pre - start), 'vision': 1e3 * (vis - pre),
+                              'prefill': 1e3 * (now - vis), 'decode': 0.0,
+                              'time_to_first_token': 0.0},
+                  vision_cached=clock.get('vision_cached', False),
+                  reused_prompt_tokens=stopped.reused)
