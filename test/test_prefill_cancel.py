@@ -143,6 +143,11 @@ def node(export_variant, tmp_path_factory):
     finally:
         node.close()
         executor.shutdown(timeout_sec=1.0)
+        # destroy_node leaves waitables: without this, the action server's DDS endpoints stay
+        # and a later module's `ros2 action send_goal` to /qwen_vl gets no answer
+        server = getattr(getattr(node, '_stream', None), '_server', None)
+        if server is not None:
+            server.destroy()
         node.destroy_node()
         rclpy.try_shutdown()
         thread.join(2.0)

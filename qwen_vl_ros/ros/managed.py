@@ -72,7 +72,7 @@ def not_active_reason(state: str, node: str) -> str:
 
 
 class ManagedDescribeNode(DescribeNode, LifecycleNode):
-    """DescribeNode whose serving interfaces exist only between activate and cleanup."""
+    """DescribeNode whose services exist from configure to cleanup, serving only while active."""
 
     managed = True
 
