@@ -65,6 +65,9 @@ def node(tiny_onnx_dir, tmp_path_factory):
         if server is not None:
             server.destroy()
         node.destroy_node()
+        # the lifecycle services belong to the state machine, which destroy_node leaves too:
+        # a later test's lifecycle client would find them and call a node that never answers
+        node._state_machine.destroy_when_not_in_use()
         rclpy.try_shutdown()
         thread.join(2.0)
         if old_log_dir is None:
