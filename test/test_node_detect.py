@@ -209,7 +209,7 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
         node = node_harness.NodeProcess(node_harness.launch_arguments(
             model_dir=str(model224), backend='onnxruntime', image_topic=CAMERA, threads=1,
             max_new_tokens=40, max_image_age_s=0.0, **SAMPLED), tmp_path / 'node2')
-        node.wait_for_log(node_harness.READY, 60)
+        node.wait_for_log(node_harness.READY, 90)
         req = Detect.Request(labels=LABELS, image=image_request(97, 45, stamp=(9, 1)))
         assert client.call(client.detect, req).success
         client.subscribe_images(True)
@@ -268,7 +268,7 @@ def test_without_vision_msgs_the_node_serves_and_says_why(tmp_path, tiny_onnx_di
     from std_srvs.srv import Trigger
     node = node_harness.NodeProcess(args, tmp_path / 'node')
     try:
-        node.wait_for_log(node_harness.READY, 60)
+        node.wait_for_log(node_harness.READY, 90)
         context = rclpy.Context()
         rclpy.init(context=context)
         try:

@@ -369,7 +369,7 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
     try:
         if sim_time:
             # the node's /diagnostics timer runs on the (not yet published) bag clock
-            node.wait_for_log(node_harness.READY, 60)
+            node.wait_for_log(node_harness.READY, 90)
             wait = ['--clock', 20]
         else:
             wait = ['--wait-ready']
