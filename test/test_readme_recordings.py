@@ -27,10 +27,11 @@ def workdir(tmp_path):
 
     from qwen_vl_ros.bagtools import write_camera_bag
     from ros2_cli import REPO
-    # stamped a little ahead, so that no frame is older than max_image_age_s (5 s) by the time
-    # the node, started by the same commands, has loaded its model
+    # stamped ahead, so that no frame is older than max_image_age_s (5 s) by the time the node,
+    # started by the same commands, has loaded its model (tens of seconds on a loaded machine;
+    # a frame from the future has age 0)
     write_camera_bag(tmp_path / 'my_bag', frames=30, fps=10.0,
-                     start_ns=time.time_ns() + 20_000_000_000)
+                     start_ns=time.time_ns() + 60_000_000_000)
     (tmp_path / 'scripts').symlink_to(REPO / 'scripts')
     return tmp_path
 
