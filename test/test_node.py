@@ -120,8 +120,8 @@ def test_topic_frame_is_described_with_its_stamp_on_both_topics(client):
     d = r.description
     assert d.header.frame_id == 'front_camera' and d.trigger == 'service'
     client.wait_until(lambda: any(same_stamp(m.header.stamp, stamp) for m in client.stamped),
-                      5, 'the description on ~/description/stamped')
-    client.wait_until(lambda: any(t.data == d.text for t in client.texts), 5,
+                      20, 'the description on ~/description/stamped')
+    client.wait_until(lambda: any(t.data == d.text for t in client.texts), 20,
                       'the text on ~/description')
 
 
@@ -197,7 +197,7 @@ def test_timer_describes_fresh_frames_on_both_topics(client):
         assert m.header.frame_id == 'timer_cam'
         assert any(same_stamp(m.header.stamp, s) for s in published)
         assert m.prompt == DEFAULT_PROMPT
-        client.wait_until(lambda m=m: any(t.data == m.text for t in client.texts), 5,
+        client.wait_until(lambda m=m: any(t.data == m.text for t in client.texts), 20,
                           'the same text on ~/description')
     # distinct frames: a frame is described once
     stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in timer_msgs]
