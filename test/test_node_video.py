@@ -81,8 +81,12 @@ def stamp_ns(ns: int):
 
 
 def frames(n, spacing=INTERVAL, start_ns=None, sizes=((120, 160),), seed=0):
-    """``n`` frames stamped exactly ``spacing`` apart from now (or ``start_ns``): (msgs, rgbs)."""
-    t0 = time.time_ns() if start_ns is None else start_ns
+    """``n`` frames stamped exactly ``spacing`` apart from ``start_ns``: (msgs, rgbs).
+
+    By default from a minute ahead: a frame from the future has age 0, so feeding the frames
+    one by one never outlasts max_image_age_s (5 s), however loaded the machine.
+    """
+    t0 = time.time_ns() + 60 * S if start_ns is None else start_ns
     rgbs = [picture(*sizes[i % len(sizes)], seed=seed + i) for i in range(n)]
     msgs = [image_msg(rgb, 'rgb8', stamp=stamp_ns(t0 + int(round(i * spacing * S))),
                       frame_id='video_cam') for i, rgb in enumerate(rgbs)]
