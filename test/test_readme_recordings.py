@@ -5,8 +5,11 @@ qwen-vl-replay into answers.jsonl; "Annotate a recording without ROS": qwen-vl-d
 $MODEL is the tiny model and my_bag a synthetic camera recording in the working directory.
 """
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -51,7 +54,19 @@ def test_replay_section(tiny_onnx_dir, workdir):
     # background job ignores SIGINT) once the replay has ended
     script = '\n'.join(['set -e'] + commands[:2] + ['node=$!'] + commands[2:]
                        + ['kill -TERM $node', 'wait $node'])
-    rc, out = run(script, _env(workdir, tiny_onnx_dir), cwd=workdir, timeout=200)
+    # in a process group of its own: when the script fails or times out before its `kill`,
+    # the background node is killed with it instead of serving /qwen_vl to the later tests
+    with open(workdir / 'script.log', 'wb') as log:
+        proc = subprocess.Popen(['bash', '-c', script], env=_env(workdir, tiny_onnx_dir),
+                                cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(200)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = (workdir / 'script.log').read_text(errors='replace')
     assert rc == 0, out[-4000:]
     lines = [json.loads(x) for x in (workdir / 'answers.jsonl').read_text().splitlines()]
     described = [x for x in lines if x['topic'] == '/qwen_vl/description/stamped']
