@@ -71,7 +71,7 @@ def publisher(client, reliability, depth):
     rel = (ReliabilityPolicy.RELIABLE if reliability == 'reliable'
            else ReliabilityPolicy.BEST_EFFORT)
     pub = client.node.create_publisher(Image, TOPIC, QoSProfile(depth=depth, reliability=rel))
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while pub.get_subscription_count() < 1:
         assert time.monotonic() < deadline, 'the node did not match the publisher'
         time.sleep(0.05)
