@@ -213,11 +213,11 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
         diag = node_harness.RosClient()     # the second node's /diagnostics counters
 
         def drawn_after(n_detections):
-            # annotated_images once the n-th detection is counted, from a later report (the two
-            # counters are incremented one after the other)
+            # annotated_images once the n-th detection is counted, from the report after (the
+            # two counters are incremented one after the other)
             diag.wait_counter('detections', n_detections)
             mark = len(diag.diagnostics)
-            diag.wait_until(lambda: len(diag.diagnostics) > mark + 1,
+            diag.wait_until(lambda: len(diag.diagnostics) > mark,
                             node_harness.DIAGNOSTICS_WAIT_S, 'the next /diagnostics report')
             return int(diag.counters().get('annotated_images', 0))
         req = Detect.Request(labels=LABELS, image=image_request(97, 45, stamp=(9, 1)))
