@@ -215,9 +215,11 @@ def test_detect_on_a_replayed_recording_and_by_service(tmp_path, model224):
         def drawn_after(n_detections):
             # annotated_images once the n-th detection is counted, from the report after (the
             # two counters are incremented one after the other)
+            def reports():
+                return sum(1 for arr in diag.diagnostics if diag.own_statuses(arr))
             diag.wait_counter('detections', n_detections)
-            mark = len(diag.diagnostics)
-            diag.wait_until(lambda: len(diag.diagnostics) > mark,
+            mark = reports()
+            diag.wait_until(lambda: reports() > mark,
                             node_harness.DIAGNOSTICS_WAIT_S, 'the next /diagnostics report')
             return int(diag.counters().get('annotated_images', 0))
         req = Detect.Request(labels=LABELS, image=image_request(97, 45, stamp=(9, 1)))
