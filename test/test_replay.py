@@ -298,7 +298,7 @@ def node_counters(lines) -> list:
             continue
         # one status per concern: their values together
         values = {kv['key']: kv['value'] for st in d['msg']['status']
-                  if st['name'].startswith('/qwen_vl') for kv in st['values']}
+                  if st['name'].startswith('/qwen_vl: ') for kv in st['values']}
         if values:
             out.append((stamp_ns(d['msg']['header']['stamp']), values))
     return out
