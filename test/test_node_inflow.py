@@ -56,13 +56,33 @@ def test_watch_quiet_publishers():
 
 # -- the node ---------------------------------------------------------------------------------
 
-def frames_at(client, pub, n=30, rate=10.0):
+def frames_at(client, pub, n=30, rate=10.0) -> int:
+    """Publish ``n`` 640x480 rgb8 frames at ``rate`` Hz (0: as fast as possible); return n."""
     from node_harness import image_msg, now_stamp, picture
     msg = image_msg(picture(H, W), 'rgb8', now_stamp())
     for i in range(n):
         msg.header.stamp = now_stamp()
         pub.publish(msg)
-        time.sleep(1.0 / rate)
+        if rate:
+            time.sleep(1.0 / rate)
+    return n
+
+
+def frames_until_lost(client, pub, timeout: float = 60.0) -> tuple:
+    """Publish 30 frames at 10 Hz, then bursts, until the node counts a lost frame.
+
+    At 10 Hz a best_effort subscriber usually loses most frames (README); on a loaded machine
+    the slowed publisher may not overrun the receiver, and nothing is lost: bursts then do.
+    Return (frames published, frames_lost); AssertionError when none is counted in time.
+    """
+    sent = frames_at(client, pub)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sent, client.wait_counter('frames_lost', 1, timeout=2.0)
+        except AssertionError:
+            assert time.monotonic() < deadline, f'no frame lost of {sent} best_effort frames'
+        sent += frames_at(client, pub, n=10, rate=0)
 
 
 def publisher(client, reliability, depth):
@@ -94,13 +114,11 @@ def test_best_effort_losses_are_warned_and_counted(tiny_onnx_dir, tmp_path):
             service_client(image_topic=TOPIC) as client:
         client.node.destroy_publisher(client.image_pub)
         pub = publisher(client, 'best_effort', 5)    # a sensor-data QoS camera
-        frames_at(client, pub)
-        lost = client.wait_counter('frames_lost', 1)
+        sent, lost = frames_until_lost(client, pub)
         received = int(client.counters()['frames_received'])
-        assert received < 30, 'all frames arrived: the loss this test is about did not happen'
-        assert lost >= 1
+        assert received < sent and lost >= 1
         m = node.wait_for_log(r'frame\(s\) lost by the middleware on ' + TOPIC + r'[^\n]*',
-                              timeout=10)
+                              timeout=30)
         line = m.group(0)
         assert 'image_reliability: reliable' in line and 'image_transport: compressed' in line
         if received:
