@@ -15,7 +15,8 @@ pytest.importorskip('qwen_vl_interfaces')
 
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from node_harness import (  # noqa: E402
-    image_msg, launch_arguments, now_stamp, picture, ready_node, service_client)
+    DIAGNOSTICS_WAIT_S, image_msg, launch_arguments, now_stamp, picture, ready_node,
+    service_client)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,10 +40,11 @@ def newest(client, after: float = 0.0) -> dict:
     def one():
         with client._cond:
             for t, arr in reversed(client.arrivals):
-                if t > after:
-                    return {st.name.rsplit(': ', 1)[1]: st for st in arr.status}
+                own = client.own_statuses(arr)     # not a leftover node's
+                if t > after and own:
+                    return {st.name.rsplit(': ', 1)[1]: st for st in own}
         return None
-    return client.wait_until(one, 5, '/diagnostics after the mark')
+    return client.wait_until(one, DIAGNOSTICS_WAIT_S, '/diagnostics after the mark')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -58,7 +60,7 @@ def arrival_times(client):
     client.node.create_subscription(DiagnosticArray, '/diagnostics', keep, 10)
 
 
-def wait_for(client, concern: str, level, words: str, timeout: float = 8.0):
+def wait_for(client, concern: str, level, words: str, timeout: float = DIAGNOSTICS_WAIT_S):
     """Wait for a status of ``concern`` at ``level`` whose message contains ``words``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -124,7 +126,7 @@ def test_a_streaming_camera_is_ok_with_rate_age_and_timings(client):
 def test_a_camera_gone_quiet_warns_with_the_age(client):
     stream(client, 1.0)
     st = wait_for(client, 'camera', WARN, f'(max_image_age_s {MAX_AGE_S:g})',
-                  timeout=MAX_AGE_S + 5)
+                  timeout=MAX_AGE_S + DIAGNOSTICS_WAIT_S)
     assert 'the newest frame on /image is ' in st.message
     # The value is printed to 10 ms: an age just past the limit (1.501 s) reads 1.50.
     age = float({kv.key: kv.value for kv in st.values}['newest_frame_age_s'])
@@ -140,7 +142,8 @@ def test_a_bad_request_image_warns_in_inference(client):
 
     def warned():
         with client._cond:
-            return [arr for t, arr in client.arrivals if t > mark for st in arr.status
+            return [arr for t, arr in client.arrivals if t > mark
+                    for st in client.own_statuses(arr)
                     if st.name.endswith(': inference') and st.level == WARN
                     and 'new error(s); last: bad image' in st.message]
-    client.wait_until(warned, 5, 'inference WARN naming the bad image')
+    client.wait_until(warned, DIAGNOSTICS_WAIT_S, 'inference WARN naming the bad image')

@@ -298,7 +298,8 @@ def test_node_hang_answers_waiters_refuses_new_ones_goes_error_and_exits(fault_n
     # an operator sees it on /diagnostics
     st = client.wait_until(
         lambda: (s := client.status('model')) is not None
-        and s.level == DiagnosticStatus.ERROR and s, 5, 'model status ERROR')
+        and s.level == DiagnosticStatus.ERROR and s, harness.DIAGNOSTICS_WAIT_S,
+        'model status ERROR')
     assert st.message.startswith('hung: '), st.message
     assert 'exits in' in st.message
     # and the process exits so that its supervisor restarts it

@@ -136,7 +136,7 @@ def test_configure_failure_leaves_the_node_unconfigured(tiny_onnx_dir, tmp_path)
         rc, out = run('ros2 lifecycle set /qwen_vl configure', env, timeout=60)
         assert 'Transitioning failed' in out, out
         launch.wait_for(rf"configure failed, still unconfigured: cannot load the model from "
-                        rf"'{tmp_path}/no_model'", 10)
+                        rf"'{tmp_path}/no_model'", 30)
         assert state(env) == 'unconfigured [1]'
         assert launch.proc.poll() is None
         assert not service_listed(env)

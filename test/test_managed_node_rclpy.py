@@ -95,7 +95,7 @@ def test_configure_failure_names_the_reason_and_stays_unconfigured(tmp_path):
             assert life.set('configure') is False
             assert life.get() == 'unconfigured'
             node.wait_for(rf"configure failed, still unconfigured: cannot load the model from "
-                          rf"'{tmp_path}/no_model'", 10)
+                          rf"'{tmp_path}/no_model'", 30)
             time.sleep(0.5)
             assert node.proc.poll() is None
         assert node.interrupt() == 0

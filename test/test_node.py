@@ -15,7 +15,8 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    ready_node, service_client, image_msg, launch_arguments, now_stamp, picture)
+    DIAGNOSTICS_WAIT_S, ready_node, service_client, image_msg, launch_arguments, now_stamp,
+    picture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +45,7 @@ def same_stamp(a, b) -> bool:
     return a.sec == b.sec and a.nanosec == b.nanosec
 
 
-def describe_topic_frame(client, msg, expect=None, timeout=10.0, **kw):
+def describe_topic_frame(client, msg, expect=None, timeout=30.0, **kw):
     """Publish ``msg`` until a ~/describe without image answers about it.
 
     Or until it is refused with a message that starts with ``expect``.
@@ -119,8 +120,8 @@ def test_topic_frame_is_described_with_its_stamp_on_both_topics(client):
     d = r.description
     assert d.header.frame_id == 'front_camera' and d.trigger == 'service'
     client.wait_until(lambda: any(same_stamp(m.header.stamp, stamp) for m in client.stamped),
-                      5, 'the description on ~/description/stamped')
-    client.wait_until(lambda: any(t.data == d.text for t in client.texts), 5,
+                      20, 'the description on ~/description/stamped')
+    client.wait_until(lambda: any(t.data == d.text for t in client.texts), 20,
                       'the text on ~/description')
 
 
@@ -188,7 +189,7 @@ def test_timer_describes_fresh_frames_on_both_topics(client):
         timer_msgs = client.wait_until(
             lambda: [m for m in client.stamped[n_before:] if m.trigger == 'timer'][:3]
             if len([m for m in client.stamped[n_before:] if m.trigger == 'timer']) >= 3
-            else None, 15, 'three timer descriptions')
+            else None, 60, 'three timer descriptions')   # 128 tokens each: seconds when loaded
     finally:
         stop.set()
         thread.join(2)
@@ -196,14 +197,14 @@ def test_timer_describes_fresh_frames_on_both_topics(client):
         assert m.header.frame_id == 'timer_cam'
         assert any(same_stamp(m.header.stamp, s) for s in published)
         assert m.prompt == DEFAULT_PROMPT
-        client.wait_until(lambda m=m: any(t.data == m.text for t in client.texts), 5,
+        client.wait_until(lambda m=m: any(t.data == m.text for t in client.texts), 20,
                           'the same text on ~/description')
     # distinct frames: a frame is described once
     stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in timer_msgs]
     assert len(set(stamps)) == len(stamps)
     # no new frames: ticks are skipped and counted, not queued
     skipped = int(client.counters().get('timer_skipped_no_frame', 0))
-    client.wait_counter('timer_skipped_no_frame', skipped + 2, timeout=6)
+    client.wait_counter('timer_skipped_no_frame', skipped + 2)
     # period 0 switches the timer off
     assert client.set_params(period_s=0.0)[0].successful
     time.sleep(0.5)
@@ -301,14 +302,14 @@ def test_bad_topic_frame_is_counted_warned_and_node_keeps_serving(client, node):
     r = describe_topic_frame(client, bad, expect='bad image')
     assert not r.success and r.message.startswith('bad image'), r.message
     client.wait_counter('image_errors', errors + 1)
-    node.wait_for_log(r'not described: bad image', 5, start=mark)
+    node.wait_for_log(r'not described: bad image', 30, start=mark)
     good = describe_topic_frame(client, image_msg(picture(), stamp=now_stamp()),
                                 max_new_tokens=4)
     assert good.success, good.message
 
 
 def test_diagnostics_count_what_happened(client):
-    c = client.wait_until(lambda: client.counters() or None, 5, '/diagnostics')
+    c = client.wait_until(lambda: client.counters() or None, DIAGNOSTICS_WAIT_S, '/diagnostics')
     assert c['state'] == 'ready'
     assert int(c['descriptions']) >= 20
     assert int(c['frames_received']) >= 1

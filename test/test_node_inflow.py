@@ -56,13 +56,33 @@ def test_watch_quiet_publishers():
 
 # -- the node ---------------------------------------------------------------------------------
 
-def frames_at(client, pub, n=30, rate=10.0):
+def frames_at(client, pub, n=30, rate=10.0) -> int:
+    """Publish ``n`` 640x480 rgb8 frames at ``rate`` Hz (0: as fast as possible); return n."""
     from node_harness import image_msg, now_stamp, picture
     msg = image_msg(picture(H, W), 'rgb8', now_stamp())
     for i in range(n):
         msg.header.stamp = now_stamp()
         pub.publish(msg)
-        time.sleep(1.0 / rate)
+        if rate:
+            time.sleep(1.0 / rate)
+    return n
+
+
+def frames_until_lost(client, pub, timeout: float = 60.0) -> tuple:
+    """Publish 30 frames at 10 Hz, then bursts, until the node counts a lost frame.
+
+    At 10 Hz a best_effort subscriber usually loses most frames (README); on a loaded machine
+    the slowed publisher may not overrun the receiver, and nothing is lost: bursts then do.
+    Return (frames published, frames_lost); AssertionError when none is counted in time.
+    """
+    sent = frames_at(client, pub)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sent, client.wait_counter('frames_lost', 1, timeout=2.0)
+        except AssertionError:
+            assert time.monotonic() < deadline, f'no frame lost of {sent} best_effort frames'
+        sent += frames_at(client, pub, n=10, rate=0)
 
 
 def publisher(client, reliability, depth):
@@ -71,7 +91,7 @@ def publisher(client, reliability, depth):
     rel = (ReliabilityPolicy.RELIABLE if reliability == 'reliable'
            else ReliabilityPolicy.BEST_EFFORT)
     pub = client.node.create_publisher(Image, TOPIC, QoSProfile(depth=depth, reliability=rel))
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while pub.get_subscription_count() < 1:
         assert time.monotonic() < deadline, 'the node did not match the publisher'
         time.sleep(0.05)
@@ -94,13 +114,11 @@ def test_best_effort_losses_are_warned_and_counted(tiny_onnx_dir, tmp_path):
             service_client(image_topic=TOPIC) as client:
         client.node.destroy_publisher(client.image_pub)
         pub = publisher(client, 'best_effort', 5)    # a sensor-data QoS camera
-        frames_at(client, pub)
-        lost = client.wait_counter('frames_lost', 1, timeout=10)
+        sent, lost = frames_until_lost(client, pub)
         received = int(client.counters()['frames_received'])
-        assert received < 30, 'all frames arrived: the loss this test is about did not happen'
-        assert lost >= 1
+        assert received < sent and lost >= 1
         m = node.wait_for_log(r'frame\(s\) lost by the middleware on ' + TOPIC + r'[^\n]*',
-                              timeout=10)
+                              timeout=30)
         line = m.group(0)
         assert 'image_reliability: reliable' in line and 'image_transport: compressed' in line
         if received:
@@ -109,7 +127,7 @@ def test_best_effort_losses_are_warned_and_counted(tiny_onnx_dir, tmp_path):
             r = client.describe()
             assert r.message.startswith('no image') and 'lost by the middleware' in r.message
         from diagnostic_msgs.msg import DiagnosticStatus
-        st = [s for arr in client.diagnostics for s in arr.status if 'qwen_vl' in s.name]
+        st = [s for arr in client.diagnostics for s in client.own_statuses(arr)]
         assert any(s.level == DiagnosticStatus.WARN and 'lost by the middleware' in s.message
                    for s in st)
 
@@ -126,7 +144,7 @@ def test_default_reliable_gets_every_frame_and_names_incompatible_publishers(tin
         # Reliable means no frame is lost on the way (best_effort gets ~2 of these 30, README).
         # The node's keep-last-1 reader may still replace a frame it has not taken yet when its
         # executor stalls > 100 ms (a loaded CI machine): not a loss, the node wants the newest.
-        client.wait_counter('frames_received', 24, timeout=15)
+        client.wait_counter('frames_received', 24)
         time.sleep(1.5)
         values = client.counters()
         assert int(values['frames_received']) >= 24 and int(values['frames_lost']) == 0, values
@@ -136,7 +154,7 @@ def test_default_reliable_gets_every_frame_and_names_incompatible_publishers(tin
         from sensor_msgs.msg import Image
         client.node.create_publisher(Image, TOPIC, QoSProfile(
             depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
-        client.wait_counter('qos_incompatible', 1, timeout=15)
+        client.wait_counter('qos_incompatible', 1)
         node.wait_for_log(r'a publisher on ' + TOPIC + r' offers QoS this reliable subscription'
                           r'[^\n]*set image_reliability: best_effort', timeout=10)
         node.wait_for_log(r'nothing received on ' + TOPIC + r' for \d+ s although 1 '

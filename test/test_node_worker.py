@@ -86,7 +86,9 @@ def test_full_queue_refuses_at_once_and_timer_rule_only_if_idle():
     t0 = time.monotonic()
     with pytest.raises(Refused) as e:
         w.submit(Job(lambda p, s: p))
-    assert time.monotonic() - t0 < 0.1
+    # at once: a submit that waited for room would wait until release (never, here); the
+    # bound only has to survive a descheduled test process on a loaded machine
+    assert time.monotonic() - t0 < 2
     assert e.value.kind == 'busy' and 'queue_size 1' in str(e.value)
     release.set()
     assert running.done.wait(5) and queued.done.wait(5)
@@ -114,9 +116,8 @@ def test_cancel_and_stop():
     dropped = w.submit(Job(lambda p, s: 'x'))
     dropped.cancel()
     left = w.submit(Job(lambda p, s: 'y'))
-    t0 = time.monotonic()
-    assert w.stop(timeout=2)
-    assert time.monotonic() - t0 < 1
+    # within the bound: the running job never ends by itself, only should_stop() ends it
+    assert w.stop(timeout=10)
     assert running.done.is_set() and running.result == 'stopped'   # should_stop() said so
     for job in (dropped, left):
         assert job.done.is_set() and isinstance(job.error, Cancelled)

@@ -5,8 +5,11 @@ qwen-vl-replay into answers.jsonl; "Annotate a recording without ROS": qwen-vl-d
 $MODEL is the tiny model and my_bag a synthetic camera recording in the working directory.
 """
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -27,10 +30,11 @@ def workdir(tmp_path):
 
     from qwen_vl_ros.bagtools import write_camera_bag
     from ros2_cli import REPO
-    # stamped a little ahead, so that no frame is older than max_image_age_s (5 s) by the time
-    # the node, started by the same commands, has loaded its model
+    # stamped ahead, so that no frame is older than max_image_age_s (5 s) by the time the node,
+    # started by the same commands, has loaded its model (tens of seconds on a loaded machine;
+    # a frame from the future has age 0)
     write_camera_bag(tmp_path / 'my_bag', frames=30, fps=10.0,
-                     start_ns=time.time_ns() + 20_000_000_000)
+                     start_ns=time.time_ns() + 60_000_000_000)
     (tmp_path / 'scripts').symlink_to(REPO / 'scripts')
     return tmp_path
 
@@ -50,7 +54,19 @@ def test_replay_section(tiny_onnx_dir, workdir):
     # background job ignores SIGINT) once the replay has ended
     script = '\n'.join(['set -e'] + commands[:2] + ['node=$!'] + commands[2:]
                        + ['kill -TERM $node', 'wait $node'])
-    rc, out = run(script, _env(workdir, tiny_onnx_dir), cwd=workdir, timeout=200)
+    # in a process group of its own: when the script fails or times out before its `kill`,
+    # the background node is killed with it instead of serving /qwen_vl to the later tests
+    with open(workdir / 'script.log', 'wb') as log:
+        proc = subprocess.Popen(['bash', '-c', script], env=_env(workdir, tiny_onnx_dir),
+                                cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(200)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = (workdir / 'script.log').read_text(errors='replace')
     assert rc == 0, out[-4000:]
     lines = [json.loads(x) for x in (workdir / 'answers.jsonl').read_text().splitlines()]
     described = [x for x in lines if x['topic'] == '/qwen_vl/description/stamped']

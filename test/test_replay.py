@@ -142,11 +142,14 @@ def test_replay_keeps_timing_scaled_by_rate_and_records_jsonl(tmp_path, echo_fac
     # every frame arrived, in order, with its recorded header
     assert [s for _, s, _ in echo.frames] == bag.stamps_ns
     assert {f for _, _, f in echo.frames} == {'camera'}
-    # recorded spacing 100 ms at rate 2 -> 50 ms
+    # recorded spacing 100 ms at rate 2 -> 50 ms (rate 1 would be 100 ms, no pacing ~0). Taken
+    # when the echo's executor runs: a stall of either process (a loaded machine) makes one gap
+    # long and the next ones short, so the median gap and the whole span are checked, not each
+    # gap; the span also catches a drift (a delay added per frame).
     arrivals = [t for t, _, _ in echo.frames]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert all(0.020 < g < 0.100 for g in gaps), gaps
-    assert 0.45 < arrivals[-1] - arrivals[0] < 0.65
+    gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+    assert 0.035 < gaps[len(gaps) // 2] < 0.065, gaps
+    assert 0.45 < arrivals[-1] - arrivals[0] < 0.85, arrivals[-1] - arrivals[0]
     assert took < 20
 
     lines = read_jsonl(out)
@@ -295,7 +298,7 @@ def node_counters(lines) -> list:
             continue
         # one status per concern: their values together
         values = {kv['key']: kv['value'] for st in d['msg']['status']
-                  if st['name'].startswith('/qwen_vl') for kv in st['values']}
+                  if st['name'].startswith('/qwen_vl: ') for kv in st['values']}
         if values:
             out.append((stamp_ns(d['msg']['header']['stamp']), values))
     return out
@@ -369,7 +372,7 @@ def test_node_describes_replayed_frames_on_its_timer(tmp_path, tiny_onnx_dir, no
     try:
         if sim_time:
             # the node's /diagnostics timer runs on the (not yet published) bag clock
-            node.wait_for_log(node_harness.READY, 60)
+            node.wait_for_log(node_harness.READY, 90)
             wait = ['--clock', 20]
         else:
             wait = ['--wait-ready']

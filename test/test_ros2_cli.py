@@ -48,9 +48,13 @@ def test_every_readme_command_is_checked():
 
 
 @contextlib.contextmanager
-def camera(topic: str, compressed: bool = False, period_s: float = 0.2):
-    """Publish fresh frames on ``topic`` (its /compressed sub-topic) from a thread."""
-    client = harness.RosClient(image_topic=topic, compressed=compressed)
+def camera(topic: str, compressed: bool = False, period_s: float = 0.2,
+           node_ns: str = f'/{harness.NODE_NAME}'):
+    """Publish fresh frames on ``topic`` (its /compressed sub-topic) from a thread.
+
+    The client reads the /diagnostics of the node ``node_ns`` (its fully qualified name).
+    """
+    client = harness.RosClient(node_ns=node_ns, image_topic=topic, compressed=compressed)
     stop = threading.Event()
 
     def loop():
@@ -142,7 +146,7 @@ def test_examples_section(tiny_onnx_dir, tmp_path):
     try:
         with launched(launch_line.replace(README_MODEL_DIR, str(tiny_onnx_dir)), env,
                       tmp_path / 'launch.log') as launch, \
-                camera('/camera/color/image_raw') as cam:
+                camera('/camera/color/image_raw', node_ns='/front/qwen_vl') as cam:
             wait_node_visible(env, '/front/qwen_vl')
             cam.wait_counter('frames_received', 1, timeout=30)
             prompt = None
