@@ -170,6 +170,54 @@ def ready_node(args: list, log_dir: Path, stop_signal=signal.SIGTERM, timeout: f
 
 
 @contextlib.contextmanager
+def in_process_node(node_class, executable_name: str, args: list, log_dir: Path,
+                    wait_ready: bool = True, timeout: float = 90):
+    """Yield ``node_class()`` (DescribeNode or ManagedDescribeNode) running in this process.
+
+    The node is built as main() builds it (rclpy.init with ``args`` after ``executable_name``),
+    spun by a MultiThreadedExecutor on a thread, so a test can reach its worker and count the
+    runtime calls of its pipeline. ``wait_ready``: wait until the worker's model is loaded
+    (AssertionError with the load error otherwise). Afterwards the node is closed and destroyed
+    with its action server and lifecycle state machine: destroy_node leaves both, and their
+    DDS endpoints would answer a later test's `ros2 action send_goal` or lifecycle client.
+    """
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    old_log_dir = os.environ.get('ROS_LOG_DIR')
+    os.environ['ROS_LOG_DIR'] = str(log_dir)
+    rclpy.init(args=[executable_name] + list(args))
+    node = node_class()
+    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor.add_node(node)
+    node.start()
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while wait_ready and node.worker.state != 'ready':
+            assert node.worker.state == 'loading' and time.monotonic() < deadline, \
+                node.worker.load_error
+            time.sleep(0.1)
+        yield node
+    finally:
+        node.close()
+        executor.shutdown(timeout_sec=1.0)
+        server = getattr(getattr(node, '_stream', None), '_server', None)
+        if server is not None:
+            server.destroy()
+        node.destroy_node()
+        machine = getattr(node, '_state_machine', None)
+        if machine is not None:
+            machine.destroy_when_not_in_use()
+        rclpy.try_shutdown()
+        thread.join(2.0)
+        if old_log_dir is None:
+            os.environ.pop('ROS_LOG_DIR', None)
+        else:
+            os.environ['ROS_LOG_DIR'] = old_log_dir
+
+
+@contextlib.contextmanager
 def service_client(timeout: float = 30, **kwargs):
     """Yield a RosClient whose ~/describe service is available; close it afterwards."""
     c = RosClient(**kwargs)

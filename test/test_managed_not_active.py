@@ -10,8 +10,6 @@ after the node's own shut-down (node.close(), what SIGINT runs) they say "shutti
 The model is the doctored slow tiny one, so a goal is still generating when it is cut short.
 """
 
-import os
-import threading
 import time
 
 import pytest
@@ -20,9 +18,9 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    RosClient, doctored_model, image_msg, launch_arguments, now_stamp, picture)
+    RosClient, doctored_model, image_msg, in_process_node, launch_arguments, now_stamp, picture)
 from test_managed_node_rclpy import Lifecycle  # noqa: E402
-from test_stream_action import Goal, status_name  # noqa: E402
+from test_stream_action import Goal, handshake, status_name  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,42 +36,13 @@ PROMPT = 'Describe this image.'
 
 @pytest.fixture(scope='module')
 def node(tiny_onnx_dir, tmp_path_factory):
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
     from qwen_vl_ros.ros.managed import ManagedDescribeNode
     slow = doctored_model(tiny_onnx_dir, tmp_path_factory.mktemp('doctored'), slow_size=1024)
-    old_log_dir = os.environ.get('ROS_LOG_DIR')
-    os.environ['ROS_LOG_DIR'] = str(tmp_path_factory.mktemp('ros_log'))
-    rclpy.init(args=['describe_managed_node'] + launch_arguments(
-        model_dir=str(slow), backend='onnxruntime', threads=1, queue_size=2,
-        max_image_age_s=0.0, max_new_tokens=4, period_s=0.5))
-    node = ManagedDescribeNode()
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-    executor.add_node(node)
-    node.start()
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
+    args = launch_arguments(model_dir=str(slow), backend='onnxruntime', threads=1, queue_size=2,
+                            max_image_age_s=0.0, max_new_tokens=4, period_s=0.5)
+    with in_process_node(ManagedDescribeNode, 'describe_managed_node', args,
+                         tmp_path_factory.mktemp('ros_log'), wait_ready=False) as node:
         yield node
-    finally:
-        node.close()
-        executor.shutdown(timeout_sec=1.0)
-        # destroy_node leaves waitables: without this, the action server's DDS endpoints stay
-        # and a later module's `ros2 action send_goal` to /qwen_vl gets no answer
-        server = getattr(getattr(node, '_stream', None), '_server', None)
-        if server is not None:
-            server.destroy()
-        node.destroy_node()
-        # the lifecycle services belong to the state machine, which destroy_node leaves too:
-        # a later test's lifecycle client would find them and call a node that never answers
-        node._state_machine.destroy_when_not_in_use()
-        rclpy.try_shutdown()
-        thread.join(2.0)
-        if old_log_dir is None:
-            os.environ.pop('ROS_LOG_DIR', None)
-        else:
-            os.environ['ROS_LOG_DIR'] = old_log_dir
 
 
 @pytest.fixture(scope='module')
@@ -105,6 +74,7 @@ def detect(c, timeout=30.0):
 def answers(c) -> dict:
     """Return what ~/describe, ~/detect and a ~/describe_stream goal answer now."""
     assert c.describe_client.wait_for_service(20) and c.stream.wait_for_server(timeout_sec=20)
+    handshake(c)
     img = image_msg(picture(seed=5))
     out = {}
     r = c.describe(PROMPT, image=img, max_new_tokens=4)

@@ -9,8 +9,6 @@ goal cancelled during a slow chunked prefill (test/fault_runtime.py's delay on e
 chunk) ends after at most the running chunk, with no tokens and finish reason 'cancelled'.
 """
 
-import os
-import threading
 import time
 
 import pytest
@@ -112,49 +110,18 @@ def node(export_variant, tmp_path_factory):
     """describe_node in this process on the chunked build; prefill chunks made slow."""
     pytest.importorskip('rclpy')
     pytest.importorskip('qwen_vl_interfaces')
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
     from fault_runtime import Fault, FaultPlan, wrap_pipeline
-    from node_harness import launch_arguments
+    from node_harness import in_process_node, launch_arguments
     from qwen_vl_ros.ros.node import DescribeNode
-    old_log_dir = os.environ.get('ROS_LOG_DIR')
-    os.environ['ROS_LOG_DIR'] = str(tmp_path_factory.mktemp('ros_log'))
-    rclpy.init(args=['describe_node'] + launch_arguments(
-        model_dir=str(export_variant(**CHUNKED)), backend='onnxruntime', threads=1,
-        queue_size=1, max_image_age_s=0.0, max_new_tokens=8))
-    node = DescribeNode()
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-    executor.add_node(node)
-    node.start()
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 90
-        while node.worker.state != 'ready':
-            assert node.worker.state == 'loading' and time.monotonic() < deadline, \
-                node.worker.load_error
-            time.sleep(0.1)
+    args = launch_arguments(model_dir=str(export_variant(**CHUNKED)), backend='onnxruntime',
+                            threads=1, queue_size=1, max_image_age_s=0.0, max_new_tokens=8)
+    with in_process_node(DescribeNode, 'describe_node', args,
+                         tmp_path_factory.mktemp('ros_log')) as node:
         node.plan = FaultPlan(Fault('delay', 'layer', layer=0, step=0, times=0,
                                     seconds=CHUNK_DELAY_S))
         wrap_pipeline(node.worker.pipeline, node.plan)
         node.calls = Calls(node.worker.pipeline)
         yield node
-    finally:
-        node.close()
-        executor.shutdown(timeout_sec=1.0)
-        # destroy_node leaves waitables: without this, the action server's DDS endpoints stay
-        # and a later module's `ros2 action send_goal` to /qwen_vl gets no answer
-        server = getattr(getattr(node, '_stream', None), '_server', None)
-        if server is not None:
-            server.destroy()
-        node.destroy_node()
-        rclpy.try_shutdown()
-        thread.join(2.0)
-        if old_log_dir is None:
-            os.environ.pop('ROS_LOG_DIR', None)
-        else:
-            os.environ['ROS_LOG_DIR'] = old_log_dir
 
 
 def test_goal_cancelled_during_a_chunked_prefill_ends_after_the_running_chunk(node):
@@ -162,13 +129,14 @@ def test_goal_cancelled_during_a_chunked_prefill_ends_after_the_running_chunk(no
     from rclpy.action import ActionClient
 
     from node_harness import image_msg, picture, service_client
-    from test_stream_action import Goal, status_name, wait_idle
+    from test_stream_action import Goal, handshake, status_name, wait_idle
     pipe = node.worker.pipeline
     layers = len(pipe.decoder.layers)
     img = image_msg(picture(height=112, width=112, seed=45))
     with service_client() as c:
         c.stream = ActionClient(c.node, Describe, '/qwen_vl/describe_stream')
         assert c.stream.wait_for_server(timeout_sec=20)
+        handshake(c)
         # not cancelled: the whole prefill, then the answer (the reference)
         node.calls.take()
         whole = Goal(c, LONG, img, max_new_tokens=4).wait(60)

@@ -7,7 +7,6 @@ must stop generation before the next decode step. The model is the doctored tiny
 still generating when it is cancelled. SIGINT during a goal runs against the node as a process.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,8 @@ pytest.importorskip('rclpy')
 pytest.importorskip('qwen_vl_interfaces')
 
 from node_harness import (  # noqa: E402
-    NodeProcess, READY, doctored_model, image_msg, launch_arguments, now_stamp, picture,
-    service_client)
+    NodeProcess, READY, doctored_model, image_msg, in_process_node, launch_arguments, now_stamp,
+    picture, service_client)
 from test_reuse import Calls  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,39 +37,13 @@ def slow_model(tiny_onnx_dir, tmp_path_factory):
 @pytest.fixture(scope='module')
 def node(slow_model, tmp_path_factory):
     """describe_node in this process: DescribeNode on a MultiThreadedExecutor thread."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
     from qwen_vl_ros.ros.node import DescribeNode
-    old_log_dir = os.environ.get('ROS_LOG_DIR')
-    os.environ['ROS_LOG_DIR'] = str(tmp_path_factory.mktemp('ros_log'))
-    rclpy.init(args=['describe_node'] + launch_arguments(
-        model_dir=str(slow_model), backend='onnxruntime', threads=1, queue_size=1,
-        max_image_age_s=0.0, max_new_tokens=8))
-    node = DescribeNode()
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-    executor.add_node(node)
-    node.start()
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 90
-        while node.worker.state != 'ready':
-            assert node.worker.state == 'loading' and time.monotonic() < deadline, \
-                node.worker.load_error
-            time.sleep(0.1)
+    args = launch_arguments(model_dir=str(slow_model), backend='onnxruntime', threads=1,
+                            queue_size=1, max_image_age_s=0.0, max_new_tokens=8)
+    with in_process_node(DescribeNode, 'describe_node', args,
+                         tmp_path_factory.mktemp('ros_log')) as node:
         node.calls = Calls(node.worker.pipeline)
         yield node
-    finally:
-        node.close()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        thread.join(2.0)
-        if old_log_dir is None:
-            os.environ.pop('ROS_LOG_DIR', None)
-        else:
-            os.environ['ROS_LOG_DIR'] = old_log_dir
 
 
 @pytest.fixture(scope='module')
@@ -80,6 +53,7 @@ def client(node):
     with service_client() as c:
         c.stream = ActionClient(c.node, Describe, '/qwen_vl/describe_stream')
         assert c.stream.wait_for_server(timeout_sec=20), 'no ~/describe_stream server'
+        handshake(c)
         yield c
 
 
@@ -123,6 +97,21 @@ class Goal:
                 f'{len(self.feedback)} feedback messages, wanted {n}; result ' + (
                     repr(self.result.message) if self.result is not None else 'none yet')
             time.sleep(0.01)
+
+
+def handshake(client, timeout=60.0):
+    """Return once a goal to client.stream round-trips: accepted, then its result received.
+
+    wait_for_server only says this client sees the server; DDS matches each side on its own,
+    so the first responses can still be lost (seen on a loaded machine: a goal described by
+    the node whose result never came). A goal that ends at once (a frame of an unknown
+    encoding: aborted with the reason, no model run) is sent until one round-trips.
+    """
+    bad = image_msg(picture(height=8, width=8))
+    bad.encoding = 'no_such_encoding'
+    deadline = time.monotonic() + timeout
+    while not Goal(client, 'handshake', bad, max_new_tokens=1).done.wait(5.0):
+        assert time.monotonic() < deadline, f'no goal round-tripped within {timeout} s'
 
 
 def status_name(code):
@@ -293,6 +282,7 @@ def test_sigint_during_a_streaming_goal_exits_0_within_2_s(slow_model, tmp_path)
         with service_client(node_ns='/sigint/qwen_vl') as c:
             c.stream = ActionClient(c.node, Describe, '/sigint/qwen_vl/describe_stream')
             assert c.stream.wait_for_server(timeout_sec=20)
+            handshake(c)
             g = Goal(c, PROMPT, image_msg(picture(seed=29)), max_new_tokens=1000)
             g.wait_feedback(2)
             rc, took = proc.stop(signal.SIGINT, 5)
