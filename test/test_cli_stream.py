@@ -118,3 +118,7 @@ def test_other_ignored_options_are_refused(tiny_onnx_dir, image, capsys):
     for option, value in (('--topic', '/camera'), ('--every', 2), ('--out', 'x.jsonl')):
         assert_refused(capsys, one + [option, value],
                        f'{option} cannot be used with --image: it is for --bag only')
+    # no --image either: the refusal names what was asked for (a new user saw '--image' here)
+    assert_refused(capsys, ['--model-dir', tiny_onnx_dir, '--out', 'x.jsonl'],
+                   '--out cannot be used with a question without --image or --bag: it is for '
+                   '--bag only')

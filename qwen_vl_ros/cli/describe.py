@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_generation_args(p)
     p.add_argument('--image', action='append', default=[],
-                   help='image file; repeat for a video (frames in order)')
+                   help='image file; repeat for a video (frames in order); without --image '
+                        'and --bag the question is asked about no image (text only)')
     p.add_argument('--bag', help='annotate a rosbag2 recording instead of image files')
     p.add_argument('--topic', help='--bag: the Image or CompressedImage topic')
     p.add_argument('--every', type=float, help='--bag: seconds between frames (default 1)')

@@ -214,6 +214,8 @@ def _camera(h: NodeHealth, new: dict, span: float, values: dict) -> tuple:
                       f'of incompatible QoS on {topic} in the last {span:.0f} s '
                       f'({values.get("frames_lost", 0)} lost in all): see the node\'s warning '
                       '(image_reliability, image_transport)')
+    if h.lifecycle and h.not_serving:     # a managed node not active has no subscription
+        return WARN, f'not subscribed to {topic}: {h.not_serving}'
     if age is None:
         return WARN, f'no frame received on {topic} yet'
     if h.max_image_age_s > 0 and age > h.max_image_age_s:

@@ -96,8 +96,11 @@ class DescribeNode(Node):
         self._timer = None
         self._timer_group = MutuallyExclusiveCallbackGroup()
         topic = 'image/compressed' if s.image_transport == 'compressed' else 'image'
-        self.image_topic = topic
-        self.inflow = InflowWatch(topic, s.image_reliability, s.image_transport)
+        # the full name (namespace, remaps) before the subscription exists: a managed node
+        # names it in its statuses while not active; older rclpy has no resolve_topic_name
+        resolve = getattr(self, 'resolve_topic_name', None)
+        self.image_topic = resolve(topic) if resolve else topic
+        self.inflow = InflowWatch(self.image_topic, s.image_reliability, s.image_transport)
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         if not self.managed:
             self._create_interfaces()
