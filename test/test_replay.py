@@ -76,7 +76,9 @@ class Echo:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('replay_test_echo', context=self.context)
-        self.frames = []     # (monotonic arrival, header stamp ns, frame_id)
+        # (publisher's send time s, header stamp ns, frame_id): the send time is the rmw's
+        # source_timestamp, so a stall of this process's executor does not move it
+        self.frames = []
         self.clock = []
         self._Description = Description
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -95,8 +97,9 @@ class Echo:
         while not self._stop.is_set():
             self.executor.spin_once(timeout_sec=0.05)
 
-    def _on_frame(self, msg):
-        self.frames.append((time.monotonic(), stamp_ns(msg.header.stamp), msg.header.frame_id))
+    def _on_frame(self, msg, info):
+        self.frames.append((info['source_timestamp'] * 1e-9, stamp_ns(msg.header.stamp),
+                            msg.header.frame_id))
         out = self._Description()
         out.header = msg.header
         out.text = f'frame {len(self.frames)}'
@@ -142,10 +145,11 @@ def test_replay_keeps_timing_scaled_by_rate_and_records_jsonl(tmp_path, echo_fac
     # every frame arrived, in order, with its recorded header
     assert [s for _, s, _ in echo.frames] == bag.stamps_ns
     assert {f for _, _, f in echo.frames} == {'camera'}
-    # recorded spacing 100 ms at rate 2 -> 50 ms (rate 1 would be 100 ms, no pacing ~0). Taken
-    # when the echo's executor runs: a stall of either process (a loaded machine) makes one gap
-    # long and the next ones short, so the median gap and the whole span are checked, not each
-    # gap; the span also catches a drift (a delay added per frame).
+    # recorded spacing 100 ms at rate 2 -> 50 ms (rate 1 would be 100 ms, no pacing ~0), by
+    # the publisher's send times (an idle CI run once took all 12 in one burst here: the echo's
+    # executor had stalled). A stall of the replay process makes one gap long and the next ones
+    # short, so the median gap and the whole span are checked, not each gap; the span also
+    # catches a drift (a delay added per frame).
     arrivals = [t for t, _, _ in echo.frames]
     gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
     assert 0.035 < gaps[len(gaps) // 2] < 0.065, gaps
