@@ -2,7 +2,7 @@
 
 Usage: qwen-vl-export --hf-dir DIR --out DIR [--image-size 448 | --image-size 280x196]
 [--prefill-len 320] [--kv-len 1023] [--video] [--prefill-history H1 H2 ...]
-[--embeddings npy|bf16]
+[--embeddings npy|bf16] [--weights float32|int8]
 """
 import argparse
 import sys
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='chunked build: one prefill group per history size H')
     parser.add_argument('--embeddings', choices=EMBEDDING_KINDS, default='npy',
                         help='float32 .npy (demo layout) or raw bf16 .bin (released layout)')
+    parser.add_argument('--weights', choices=('float32', 'int8'), default='float32',
+                        help='decoder and lm_head MatMul weights: float32, or int8 (8-bit '
+                             'blocks with float activations, like the board\'s w8a16 build: '
+                             'about a quarter of the memory)')
     return parser
 
 
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
             prefill_len=args.prefill_len or defaults['prefill_len'],
             kv_len=args.kv_len,
             histories=tuple(args.prefill_history),
-            embeddings=args.embeddings)
+            embeddings=args.embeddings,
+            weights=args.weights)
         export_checkpoint(args.hf_dir, args.out, options)
     except (ValueError, OSError) as exc:
         sys.exit(f'qwen-vl-export: {exc}')

@@ -1,29 +1,37 @@
 """Export a Hugging Face Qwen2.5-VL checkpoint to the ONNX stand-in directory (docs/LAYOUT.md)."""
+import copy
+import gc
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration
 
 from . import files
-from .graph_io import SharedWeights, export_graph, trace_graph
+from .checkpoint import decoder_layers, load_checkpoint, text_config, text_model, vision_tower
+from .graph_io import SharedWeights, export_graph, save_graph, trace_graph
 from .layer import DecoderLayerStandIn, RopeTables, example_inputs, mrope_section
 from .post import PostStandIn
 from .shapes import LAYER_INPUTS, LAYER_OUTPUTS, LayerGroup, layer_groups, max_context
 from .vision import INPUT_NAME, OUTPUT_NAME, VisionStandIn, example_input
 
+# Weights of the decoder layers' and the post model's MatMuls: float32, or 8-bit blocks with
+# float activations (onnxruntime's MatMulNBits, export/quantize.py). The vision tower and the
+# embedding table stay float32 either way.
+WEIGHT_KINDS = ('float32', 'int8')
+
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to build: image (or video frame) size, prefill / chunk length, cache length."""
+    """What to build: image (or frame) size, prefill / chunk length, cache length, weights."""
 
     image_size: tuple[int, int] = (448, 448)   # (H, W)
     prefill_len: int = 320
     kv_len: int = 1023
     histories: tuple[int, ...] = ()           # chunk histories H_g of a chunked build
     embeddings: str = 'npy'                   # 'npy' (float32) or 'bf16' (raw .bin)
+    weights: str = 'float32'                  # one of WEIGHT_KINDS
 
     def __post_init__(self):
         # Tuples, so that options given as lists still compare and hash (export caches).
@@ -32,6 +40,8 @@ class ExportOptions:
         if self.embeddings not in files.EMBEDDING_KINDS:
             raise ValueError(
                 f'embeddings {self.embeddings!r} is not one of {files.EMBEDDING_KINDS}')
+        if self.weights not in WEIGHT_KINDS:
+            raise ValueError(f'weights {self.weights!r} is not one of {WEIGHT_KINDS}')
 
 
 def vision_file(height: int, width: int) -> str:
@@ -54,37 +64,52 @@ POST_FILE = 'qwen2_5_vl_post.onnx'
 
 def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(),
                       log=print) -> Path:
-    """Write every model and file of the stand-in directory `out_dir`; returns its path."""
+    """Write every model and file of the stand-in directory `out_dir`; returns its path.
+
+    Memory: the checkpoint stays in its own dtype (bf16 for the real 3B: 7.5 GB, not 15 GB of
+    float32) and each module is converted to float32, traced, written and released in turn.
+    Decoder layers leave the model once written, so the float32 vision tower (2.7 GB at full
+    size) is traced last, beside a model that has shrunk to its vision and embedding weights.
+    Raises CheckpointError (a ValueError) for a checkpoint with weights that would be random,
+    ValueError for options the config cannot serve, FileNotFoundError for missing files.
+    """
     hf_dir, out = Path(hf_dir), Path(out_dir)
     start = time.perf_counter()
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation='eager')
-    # Loaded weights may be bf16 (the real checkpoint): the stand-ins compute in float32.
-    model = model.float().eval()
-    log(f'loaded {hf_dir} in {time.perf_counter() - start:.1f} s')
+    model = load_checkpoint(hf_dir)
+    log(f'loaded {hf_dir} ({next(model.parameters()).dtype}) in '
+        f'{time.perf_counter() - start:.1f} s')
     # Check every option against the config before writing anything.
     grid = _vision_grid(model.config.vision_config, options.image_size)
-    groups = _layer_groups(text_config(model), options)
+    cfg = text_config(model)
+    groups = _layer_groups(cfg, options)
     preprocessor = hf_dir / 'preprocessor_config.json'
     if not preprocessor.is_file():
         raise FileNotFoundError(f'{hf_dir} lacks preprocessor_config.json (image mean/std)')
     pre = json.loads(preprocessor.read_text())
+    quantize = _quantizer(options.weights)
 
     out.mkdir(parents=True, exist_ok=True)
+    _export_layers(model, out, options.prefill_len, groups, quantize, log)
+    post = PostStandIn(copy.deepcopy(text_model(model).norm).float(),
+                       _float_linear(model.lm_head))
+    graph = trace_graph(post, (torch.zeros(1, 1, cfg.hidden_size),), ('input',), ('output',),
+                        scratch_dir=out)
+    save_graph(quantize(graph), out / POST_FILE)
+    del post, graph
+    files.write_embeddings(model.get_input_embeddings().weight.detach().float().numpy(), out,
+                           options.embeddings)
     _export_vision(model, out, options.image_size, grid, pre['image_mean'], pre['image_std'])
-    _export_layers(model, out, options.prefill_len, groups)
-    export_graph(PostStandIn(model.model.language_model.norm, model.lm_head),
-                 (torch.zeros(1, 1, text_config(model).hidden_size),), out / POST_FILE,
-                 ('input',), ('output',))
-    table = model.get_input_embeddings().weight.detach().numpy()
-    files.write_embeddings(table, out, options.embeddings)
     files.copy_hf_files(hf_dir, out)
-    log(f'exported {out} in {time.perf_counter() - start:.1f} s')
+    log(f'exported {out} ({options.weights} weights) in {time.perf_counter() - start:.1f} s')
     return out
 
 
-def text_config(model):
-    """Return the language model's config (nested in transformers >= 4.52, top-level before)."""
-    return getattr(model.config, 'text_config', model.config)
+def _quantizer(weights: str):
+    """Return graph -> graph: identity for float32, 8-bit MatMul weights for int8."""
+    if weights == 'float32':
+        return lambda graph: graph
+    from .quantize import quantize_matmul_int8  # onnxruntime.quantization, only when asked
+    return quantize_matmul_int8
 
 
 def _vision_grid(vision_config, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -107,24 +132,45 @@ def _layer_groups(cfg, options: ExportOptions) -> list[LayerGroup]:
 def _export_vision(model, out: Path, image_size: tuple[int, int], grid: tuple[int, int],
                    image_mean: list[float], image_std: list[float]) -> None:
     vcfg = model.config.vision_config
-    wrapper = VisionStandIn(model.model.visual, *grid, image_mean, image_std)
+    visual = vision_tower(model).float()  # its last user: converted in place, not copied
+    wrapper = VisionStandIn(visual, *grid, image_mean, image_std)
     example = example_input(*grid, vcfg.temporal_patch_size, vcfg.patch_size)
     export_graph(wrapper.eval(), (example,), out / vision_file(*image_size),
                  (INPUT_NAME,), (OUTPUT_NAME,))
 
 
-def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup]) -> None:
+def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup],
+                   quantize, log) -> None:
     cfg = text_config(model)
-    rotary = model.model.language_model.rotary_emb
+    rotary = text_model(model).rotary_emb
     # Positions never exceed the token count for text and images; video temporal ids can run
     # ahead of it (group * seconds * tokens_per_second), so the tables get twice the room.
     rope = RopeTables(rotary.inv_freq, rotary.attention_scaling, 2 * max_context(groups))
-    # The groups of a layer are graphs over the same weights (and rope tables): one file holds
-    # them, each tensor once, and every group's .onnx references it.
-    for i, layer in enumerate(model.model.language_model.layers):
+    layers = decoder_layers(model)
+    for i in range(len(layers)):
+        # One float32 layer at a time; the checkpoint's own copy leaves the model right away.
+        layer = copy.deepcopy(layers[i]).float().eval()
+        layers[i] = torch.nn.Identity()
+        # The groups of a layer are graphs over the same weights (and rope tables): one file
+        # holds them, each tensor once, and every group's .onnx references it.
         with SharedWeights(out / layer_weights_file(prefill_len, i)) as weights:
             for group in groups:
                 wrapper = DecoderLayerStandIn(layer, cfg, rope, group).eval()
                 graph = trace_graph(wrapper, example_inputs(group), LAYER_INPUTS,
                                     LAYER_OUTPUTS, uint32_inputs=('indices',), scratch_dir=out)
-                weights.save(graph, out / layer_file(prefill_len, i, group.index))
+                weights.save(quantize(graph), out / layer_file(prefill_len, i, group.index))
+                del wrapper, graph
+        del layer
+        gc.collect()
+        log(f'layer {i + 1}/{len(layers)} written')
+
+
+def _float_linear(linear: torch.nn.Linear) -> torch.nn.Linear:
+    """Return a float32 copy of `linear` (lm_head may share the embedding table)."""
+    copied = torch.nn.Linear(linear.in_features, linear.out_features,
+                             bias=linear.bias is not None)
+    with torch.no_grad():
+        copied.weight.copy_(linear.weight.float())
+        if linear.bias is not None:
+            copied.bias.copy_(linear.bias.float())
+    return copied.eval()

@@ -38,6 +38,13 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path,
     """Export `module(*args)` with static shapes; `uint32_inputs` are traced as int64."""
     path = Path(path)
     model = trace_graph(module, args, input_names, output_names, uint32_inputs, path.parent)
+    save_graph(model, path, max_inline_bytes)
+
+
+def save_graph(model: onnx.ModelProto, path: Path,
+               max_inline_bytes: int = MAX_INLINE_BYTES) -> None:
+    """Save `model` at `path`; weights over `max_inline_bytes` go to `<file>.data` beside it."""
+    path = Path(path)
     external = _weight_bytes(model) > max_inline_bytes
     data = path.with_name(f'{path.name}.data')
     data.unlink(missing_ok=True)  # onnx appends to an existing data file

@@ -8,10 +8,6 @@ position rows, an explicit additive mask, and a KV cache passed in and out as (1
 """
 import torch
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    apply_multimodal_rotary_pos_emb,
-    repeat_kv,
-)
 
 from .shapes import LayerGroup
 
@@ -58,14 +54,15 @@ class DecoderLayerStandIn(nn.Module):
         k = self._heads(attn.k_proj(normed), self.num_kv_heads)
         v = self._heads(attn.v_proj(normed), self.num_kv_heads)
         cos, sin = self.rope(indices)
-        q, k = apply_multimodal_rotary_pos_emb(q, k, cos, sin, self.mrope_section)
+        q, k = apply_mrope(q, cos, sin, self.mrope_section), apply_mrope(k, cos, sin,
+                                                                          self.mrope_section)
 
         keys, values = k, v
         if self.history:  # group 1's dummy cache is an input of the graph but never read
             keys = torch.cat((self._heads(K_cache, self.num_kv_heads), k), dim=2)
             values = torch.cat((self._heads(V_cache, self.num_kv_heads), v), dim=2)
         groups = self.num_heads // self.num_kv_heads
-        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
+        keys, values = _repeat_heads(keys, groups), _repeat_heads(values, groups)
 
         scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling + mask[:, None]
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
@@ -82,6 +79,32 @@ class DecoderLayerStandIn(nn.Module):
     def _rows(x: torch.Tensor) -> torch.Tensor:
         """(1, heads, S, head_dim) -> (1, S, heads*head_dim): the cache row layout."""
         return x.transpose(1, 2).reshape(1, x.shape[2], -1)
+
+
+def apply_mrope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mrope_section: list[int]) -> torch.Tensor:
+    """Rotate x (1, heads, S, head_dim) by 3-D rope: cos/sin (3, 1, S, head_dim), one per axis.
+
+    The head_dim channels are split by `mrope_section` (t, h, w; repeated for both halves) and
+    each split takes the t, h or w table: transformers 4.49-4.57's
+    `apply_multimodal_rotary_pos_emb` in modeling_qwen2_5_vl.py, which 5.x no longer has (its
+    rotary embedding interleaves the sections itself). Written here so that the export runs
+    under both majors with the same graph.
+    """
+    splits = list(mrope_section) * 2
+    cos = torch.cat([m[i % 3] for i, m in enumerate(cos.split(splits, dim=-1))], dim=-1)
+    sin = torch.cat([m[i % 3] for i, m in enumerate(sin.split(splits, dim=-1))], dim=-1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # HF's rotate_half
+    return x * cos + rotated * sin
+
+
+def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
+    """(1, kv_heads, S, d) -> (1, kv_heads*times, S, d), each head repeated (HF's repeat_kv)."""
+    if times == 1:
+        return x
+    b, heads, rows, dim = x.shape
+    return x[:, :, None].expand(b, heads, times, rows, dim).reshape(b, heads * times, rows, dim)
 
 
 def mrope_section(text_config) -> list[int]:

@@ -2,9 +2,21 @@
 
 onnxruntime reads a C-contiguous numpy input of the declared dtype in place (it wraps the
 buffer in an OrtValue without copying), so feeding a whole KV cache costs no copy per token.
+
+Weights are held once. The shape groups of a decoder layer are separate graphs over one
+external data file (export/graph_io.py: SharedWeights). Left to itself, every onnxruntime
+session reads its own copy of those weights and pre-packs its MatMul weights into another
+(measured at the real size: 24 GB at layer 27 of 36, then the OOM killer). Here every external
+initializer is a view of one read-only memory map of its file, handed to each session with
+`SessionOptions.add_initializer`: sessions share user-provided initializers instead of copying
+them, and onnxruntime does not pre-pack an initializer it shares. One graph with dynamic shapes
+for all groups would also hold one copy, but it would change the exported layout (one file per
+group, as the axmodels have) and give up the static shapes the groups are checked against.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -30,16 +42,20 @@ def _specs(args) -> list[TensorSpec]:
 class OnnxSession(Session):
     """A model as one onnxruntime InferenceSession per shape group."""
 
-    def __init__(self, paths: dict, providers, threads: int):
+    def __init__(self, paths: dict, providers, threads: int, weights: WeightMaps | None = None):
         import onnxruntime as ort
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
         self.path = paths[min(paths)]
         self._sessions = {}
+        # The OrtValues of shared initializers do not own their bytes: keep the maps alive.
+        self._weights = weights = weights if weights is not None else WeightMaps()
         for group, path in sorted(paths.items()):
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
             try:
+                for name, value in weights.initializers(path):
+                    opts.add_initializer(name, value)
                 sess = ort.InferenceSession(path, sess_options=opts, providers=providers)
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ModelDirError(f'onnxruntime cannot load {path}: {e}') from e
@@ -71,7 +87,66 @@ class OnnxRuntime(Runtime):
     def __init__(self, providers=None, threads: int = 0):
         self.providers = list(providers) if providers else ['CPUExecutionProvider']
         self.threads = threads
+        self.weights = WeightMaps()  # one map per external data file, shared by all sessions
 
     def open(self, paths: dict, role: str = '', files=None, kv_len: int = 0) -> Session:
         """Open one model (one file per shape group); shapes come from the files."""
-        return OnnxSession(paths, self.providers, self.threads)
+        return OnnxSession(paths, self.providers, self.threads, self.weights)
+
+
+
+class WeightMaps:
+    """Read-only memory maps of ONNX external data files, and OrtValues viewing them.
+
+    `initializers(path)` lists (name, OrtValue) for every initializer of the model at `path`
+    whose bytes live in an external data file; equal (file, offset, length) ranges give the same
+    OrtValue, so every session that shares a file shares its memory. The maps stay open as long
+    as this object (the OrtValues do not own their bytes).
+    """
+
+    def __init__(self):
+        self._maps: dict[Path, np.memmap] = {}
+        self._values: dict[tuple, object] = {}
+
+    def initializers(self, path) -> list[tuple[str, object]]:
+        """(name, OrtValue) of the external initializers of the .onnx file `path`.
+
+        Raises ModelDirError when the model or an external data range cannot be read.
+        """
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+        from onnxruntime import OrtValue
+
+        path = Path(path)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError, OSError
+            raise ModelDirError(f'cannot read {path}: {e}') from e
+        found = []
+        for tensor in model.graph.initializer:
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            data = (path.parent / info.location).resolve()
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            shape = tuple(tensor.dims)
+            key = (data, info.offset or 0, dtype.str, shape)
+            if key not in self._values:
+                self._values[key] = OrtValue.ortvalue_from_numpy(
+                    self._view(data, info.offset or 0, info.length, dtype, shape))
+            found.append((tensor.name, self._values[key]))
+        return found
+
+    def _view(self, data: Path, offset: int, length, dtype: np.dtype, shape: tuple):
+        if data not in self._maps:
+            try:
+                self._maps[data] = np.memmap(data, dtype=np.uint8, mode='r')
+            except (OSError, ValueError) as e:
+                raise ModelDirError(f'cannot map the weights file {data}: {e}') from e
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
+        raw = self._maps[data][offset:offset + nbytes]
+        if raw.size != nbytes or (length is not None and int(length) != nbytes):
+            raise ModelDirError(f'{data}: {nbytes} bytes wanted at offset {offset}, '
+                                f'{raw.size} there (declared length {length})')
+        return raw.view(dtype).reshape(shape)
