@@ -56,3 +56,4 @@ def unavailable(request, response):
     response.success = False
     response.message = MISSING
     return response
+

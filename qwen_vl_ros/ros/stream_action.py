@@ -3,8 +3,8 @@
     goal (prompt, image, max_new_tokens, prompts)  ->  a Job on the one inference worker
     (the service's bounded queue)  ->  feedback per decode step  ->  result
 
-The node hands in ``start(goal, progress)``, which resolves what the goal is about, makes the
-job and submits it: it returns the job, or the reason it was refused. A refused goal (queue
+A goal is translated as a ~/describe request is (describe_service.describe_job: the camera,
+its frames, the questions) and queued on the one worker. A refused goal (queue
 full, no frame yet, bad request) is accepted and aborted at once with the reason in the
 result's ``message``: a ROS 2 goal response is a bare accept/reject and cannot say why.
 
@@ -23,10 +23,13 @@ import threading
 
 from qwen_vl_interfaces.action import Describe as DescribeAction
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
 
 from .convert import error_kind, ros_string
+from .describe_service import describe_job
 from .worker import Cancelled
 
+STREAM = 'action'     # the trigger of its descriptions
 POLL_S = 0.05   # longest a goal's thread waits before it looks at cancel and shut-down again
 
 
@@ -68,22 +71,46 @@ class Progress:
 
 
 class StreamAction:
-    """The ~/describe_stream action server of a node."""
+    """The ~/describe_stream action server of a Serving."""
 
-    def __init__(self, node, start, withdraw, closing: threading.Event, callback_group,
-                 not_serving=lambda: None):
-        self._start = start
-        self._withdraw = withdraw     # InferenceWorker.withdraw: a queued job leaves at once
-        self._closing = closing
-        # why the node stopped serving (a managed node's deactivate cancels the running job):
-        # the reason a goal cut short by it ends with, instead of a bare success or "cancelled"
-        self._not_serving = not_serving
+    def __init__(self, serving):
+        self._serving = serving
+        self._closing = serving.house.closing
         self._jobs: dict = {}     # goal id -> its job, while the goal runs
         self._lock = threading.Lock()
         self._server = ActionServer(
-            node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
+            serving.node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
-            callback_group=callback_group)
+            callback_group=ReentrantCallbackGroup())
+
+    def destroy(self) -> None:
+        self._server.destroy()
+
+    def _withdraw(self, job) -> None:
+        """Cancel ``job``; a queued one leaves the (current) worker's queue at once."""
+        self._serving.worker.withdraw(job)
+
+    def _not_serving(self) -> str | None:
+        # why the node stopped serving (a managed node's deactivate cancels the running job):
+        # the reason a goal cut short by it ends with, instead of a bare success or "cancelled"
+        return self._serving.not_serving()
+
+    def _start(self, goal, progress) -> tuple:
+        """Resolve a goal as ~/describe resolves a request and queue its job.
+
+        Returns (job, None), or (None, why not).
+        """
+        serving = self._serving
+        why = serving.not_serving()
+        if why:
+            return None, why
+        dj, why = describe_job(serving, goal, STREAM, progress)
+        if why:
+            return None, why
+        why = serving.submit(dj.job, dj.about)
+        if why:
+            return None, why
+        return dj.job, None
 
     def _on_cancel(self, handle) -> CancelResponse:
         """Accept the cancel and stop the job now.
