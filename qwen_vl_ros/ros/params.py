@@ -292,7 +292,7 @@ def declare(node) -> Settings:
     if not values['model_dir']:
         problems.append('model_dir is not set (give -p model_dir:=DIR or a params file)')
     per_camera: dict = {}
-    for cam in values['cameras']:
+    for cam in values['cameras'] if not check_cameras(values['cameras']) else ():
         for key in PER_CAMERA:
             spec = SPEC_BY_NAME[key]
             d = spec.descriptor()

@@ -75,21 +75,21 @@ class CameraTimers:
             log.info(f'timer: still busy, tick skipped ({n} so far)',
                      throttle_duration_sec=THROTTLE_S)
             return
-        # the longest-owed camera with something new goes first; an owed camera without
-        # anything new is owed nothing (its own next tick says why)
-        for owed in [c for c in self._owed if c is not camera]:
-            dj, _ = self._job(owed)
-            if dj is None:
-                self._owed.remove(owed)
-                continue
-            self._owe(camera)     # this tick goes to another camera: its turn comes next
-            self._submit(dj)
-            return
-        dj, skip = self._job(camera)
-        if dj is None:
-            self._skipped(camera, *skip)
-            return
-        self._submit(dj)
+        # the longest-owed camera with something new goes first, then this one; a camera
+        # without anything new is owed nothing (its own tick says why)
+        mine = None
+        for cam in self._owed + ([] if camera in self._owed else [camera]):
+            dj, skip = self._job(cam)
+            if dj is not None:
+                if cam is not camera:
+                    self._owe(camera)    # this tick went to another camera: its turn next
+                self._submit(dj)
+                return
+            if cam is camera:
+                mine = skip
+            if cam in self._owed:
+                self._owed.remove(cam)
+        self._skipped(camera, *mine)
 
     def _submit(self, dj) -> None:
         """Queue a tick's job if the worker is still idle; count the tick as skipped if not."""
@@ -146,6 +146,10 @@ class CameraTimers:
         if source is not None:
             camera.frames.mark_described(source)     # a stale frame is not tried again
         n = house.counters.inc(counter, text if counter == 'timer_skipped_no_detect' else '')
-        say = warning(house.logger) if warn else house.logger.info
         sep = ',' if counter == 'timer_skipped_no_frame' else ';'
-        say(f'timer: {text}{sep} tick skipped ({n} so far)', throttle_duration_sec=THROTTLE_S)
+        line = f'timer: {text}{sep} tick skipped ({n} so far)'
+        # (two call sites: rclpy's throttling keeps one severity per call site)
+        if warn:
+            warning(house.logger)(line, throttle_duration_sec=THROTTLE_S)
+        else:
+            house.logger.info(line, throttle_duration_sec=THROTTLE_S)
