@@ -124,8 +124,9 @@ def run(export_variant, tmp_path_factory):
     stamps = write_three_camera_bag(tmp / 'bag')
     # 224x224: a ~/detect prompt fits the prefill (as in test_node_detect.py)
     args = launch_arguments(model_dir=str(export_variant(image_size=(224, 224))),
-                            backend='onnxruntime', threads=1, period_s=PERIOD_S, max_new_tokens=4, queue_size=2,
-                            max_image_age_s=MAX_AGE_S, use_sim_time=True,
+                            backend='onnxruntime', threads=1, period_s=PERIOD_S,
+                            max_new_tokens=4, queue_size=2, max_image_age_s=MAX_AGE_S,
+                            use_sim_time=True,
                             cameras=list(CAMERAS))
     for name, (topic, *_) in CAMERAS.items():
         args += ['-r', f'{name}/image:={topic}']
@@ -229,3 +230,51 @@ def test_camera_names_are_checked(tiny_onnx_dir, tmp_path):
     rc, out = run_node_once(args, tmp_path / 'b', 60)
     assert rc == 2 and "cameras: '2nd' is not a camera name" in out, out[-2000:]
 
+
+
+def test_readme_several_cameras_section(tiny_onnx_dir, tmp_path):
+    """The README's two-camera commands, run as written (the model directory: the tiny one).
+
+    The launch takes cameras, image_topics and the installed config/cameras.yaml (rear:
+    compressed); the service call naming the rear camera is answered about the rear camera's
+    frame, and its descriptions come on ~/rear/description/stamped.
+    """
+    from ros2_cli import (NO_ROS2, README_MODEL_DIR, ROS2, Background, cli_env, readme_commands,
+                          stop_daemon, wait_node_visible)
+    from ros2_cli import run as run_cli
+    from test_ros2_cli import _ended_cleanly, camera, launched
+    if not ROS2.exists():
+        pytest.skip(NO_ROS2)
+    launch_line, call, echo_line = readme_commands('### Several cameras on one NPU')
+    assert launch_line.startswith('ros2 launch qwen_vl_ros describe.launch.py')
+    assert 'cameras:=front,rear' in launch_line and "{camera: rear" in call
+    env = cli_env(tmp_path / 'log')
+    try:
+        with launched(launch_line.replace(README_MODEL_DIR, str(tiny_onnx_dir)), env,
+                      tmp_path / 'launch.log') as launch, \
+                camera('/rear/color/image_raw', compressed=True) as cam:
+            wait_node_visible(env, '/qwen_vl')
+            out = launch.output()
+            assert 'image topics /front/color/image_raw (raw, reliable), ' \
+                   '/rear/color/image_raw/compressed (compressed, reliable)' in out, out[-2000:]
+            cam.wait_until(lambda: _value(cam.status('camera rear'), 'frames_received') > 0, 30,
+                           'frames on the rear camera')
+            rc, out = run_cli(call, env, timeout=120)
+            assert rc == 0 and 'success=True' in out, out
+            assert "prompt='Is the loading bay empty?'" in out and "frame_id='camera'" in out, out
+            echo = Background(echo_line, env, tmp_path / 'echo.log')
+            try:
+                echo.wait_for(r'trigger: timer', 60)     # rear.period_s 10.0 (cameras.yaml)
+            finally:
+                echo.interrupt()
+            front = cam.status('camera front')
+            assert front is not None and 'no frame received on /front/color/image_raw' \
+                in front.message, front
+            _ended_cleanly(launch)
+    finally:
+        stop_daemon(env)
+
+
+def _value(status, key: str) -> int:
+    """Return an integer value of a DiagnosticStatus (0 when there is no status yet)."""
+    return int({kv.key: kv.value for kv in status.values}[key]) if status is not None else 0

@@ -25,12 +25,11 @@ import sys
 from ..image_msg import decode_compressed
 from ..vlm import GenerationOptions, ImageError, Pipeline, VLMError
 from ..vlm.constrain import grammar_for
-from ..vlm.prompt import keep_torch_out
+from ..vlm.prompt import DEFAULT_PROMPT, keep_torch_out
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
 from .combinations import UsageError, check_combinations
 
-DEFAULT_PROMPT = 'Describe this image.'
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -24,10 +24,10 @@ from rclpy.parameter import Parameter
 
 from ..vlm import GenerationOptions
 from ..vlm.constrain import ConstraintError, grammar_for
+from ..vlm.prompt import DEFAULT_PROMPT
 from ..vlm.runtime import BACKENDS
 from ..vlm.vision import RESIZE_MODES
 
-DEFAULT_PROMPT = 'Describe this image.'
 MODES = ('describe', 'detect')
 STRING_ARRAY = ()   # default of a string-array parameter: declared by type, () when unset
 TRANSPORTS = ('raw', 'compressed')
