@@ -45,13 +45,14 @@ COUNTERS = (
     'runtime_errors',           # the runtime failed while generating
     'internal_errors',          # anything else (a bug: the log has the traceback)
     'cancelled',                # jobs dropped or cut short (time-out, shut-down)
+    'answers_cut',              # typed answers (and box lists) the token budget cut: not sent
     'frames_lost',              # image messages the middleware reported lost (MESSAGE_LOST)
     'qos_incompatible',         # image publishers whose QoS cannot match the subscription
     'timer_skipped_not_active',  # timer ticks as the node stopped serving (deactivate, shut-down)
 )
 # Counted like errors for the status level: frames that never reached the node.
 LOSSES = ('frames_lost', 'qos_incompatible')
-ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors')
+ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors', 'answers_cut')
 CAMERA = ('frames_received', 'image_errors', 'stale_refused') + LOSSES
 TIMINGS = ('vision_ms', 'time_to_first_token_ms', 'decode_ms', 'tokens_per_second')
 TIMING_WINDOW = 100     # descriptions the p95 figures are taken over

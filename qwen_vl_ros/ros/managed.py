@@ -38,7 +38,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from .convert import one_line
 from .frames import FrameStore
-from .node import DescribeNode, _max_gap_s
+from .node import DescribeNode, _max_gap_s, _warning
 from .node import main as _node_main
 
 # Seconds between the shutdown transition's answer and the process's exit.
@@ -231,7 +231,13 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
             self._lifecycle = 'inactive'
 
     def _unload(self) -> None:
-        """Destroy the remaining serving interfaces and release the model."""
+        """Answer every goal, destroy the remaining serving interfaces, release the model."""
+        self.worker.stop(timeout=1.0)
+        if self._service is not None:   # goals aborted with the reason before the server goes
+            left = self._stream.answer_all()
+            if left:
+                _warning(self.get_logger())(f'{len(left)} ~/describe_stream goal(s) not '
+                                            'answered before the action server went')
         for entity in list(self._serving):
             _destroy(self, entity)
         self._serving.clear()

@@ -44,14 +44,14 @@ from ..vlm.prompt import keep_torch_out
 from . import annotate, params, signals
 from . import detect as detect_io
 from .convert import (SERVICE, TIMER, description_msg, error_kind, one_line, request_constraint,
-                      text_msg)
+                      text_msg, unanswered_msg)
 from .diagnostics import Counters, NodeHealth, Reporter
 from .frames import FrameStore, Source, convert_all, second_per_grid_t
 from .inflow import InflowWatch, create_image_subscription
 from .health import EXIT_HUNG, HangWatchdog
 from .questions import questions
 from .stream_action import StreamAction
-from .worker import Cancelled, InferenceWorker, Job, Refused
+from .worker import Cancelled, InferenceWorker, Job, NotAnAnswer, Refused
 
 NODE_NAME = 'qwen_vl'
 THROTTLE_S = 5.0
@@ -328,8 +328,13 @@ class DescribeNode(Node):
         return max(0.0, (now - then).nanoseconds * 1e-9)
 
     def _stale_reason(self, source: Source) -> str | None:
+        """Return why a topic frame is older than max_image_age_s, else None.
+
+        A request's own image is never stale: its caller chose it (a stored snapshot, several
+        questions about one picture), so it is described whatever its stamp.
+        """
         limit = self.settings.max_image_age_s
-        age = self._frame_age(source) if limit > 0 else None
+        age = self._frame_age(source) if limit > 0 and source.from_topic else None
         if age is None or age <= limit:
             return None
         st = source.header.stamp
@@ -418,7 +423,8 @@ class DescribeNode(Node):
             if len(kept) < video_frames:
                 return None, self._filling(len(kept), video_frames)
             sources = kept if video_frames else [newest]
-        # the newest frame: its age counts, its header is published
+        # the newest frame: its age counts (a topic frame's: a request's image was chosen by
+        # its caller, and is described whatever its stamp), its header is published
         stale = self._stale_reason(sources[-1])
         if stale:
             self.counters.inc('stale_refused', stale)
@@ -459,6 +465,9 @@ class DescribeNode(Node):
                         constraint)
         problem = self._submit_and_wait(job, sources[-1])
         if problem:
+            if isinstance(job.error, NotAnAnswer):    # the partial text is kept
+                response.description, response.descriptions = job.error.kept[0], \
+                    job.error.kept
             return _refuse(response, problem)
         response.success = True
         response.message = ''
@@ -480,6 +489,8 @@ class DescribeNode(Node):
             return None, why
         job = self._job(sources, prompts, self.settings, goal.max_new_tokens, STREAM,
                         constraint, progress=progress)
+        # what a goal withdrawn before it ran ends with (no token: finish reason cancelled)
+        progress.unstarted = unanswered_msg(sources[-1].header, prompts[0], STREAM, 'cancelled')
         try:
             self.worker.submit(job)
         except Refused as r:
@@ -543,12 +554,18 @@ class DescribeNode(Node):
             msgs = []
             for i, question in enumerate(prompts):
                 if i and should_stop():
+                    if progress is not None:   # the unasked question ends the goal, cancelled
+                        msgs.append(unanswered_msg(source.header, question, trigger,
+                                                   'cancelled'))
                     break             # cancelled between two questions
                 hooks = {} if progress is None else progress.hooks(i)
                 result = pipeline.describe(frames, question, opts, should_stop=should_stop,
                                            frame_keys=keys, **hooks)
                 msg = description_msg(result, source.header, question, trigger,
                                       0.0 if i else convert_ms, opts.choices)
+                if result.problem:    # a typed answer the budget cut: not published
+                    which = f'question {i + 1} of {len(prompts)}: ' if len(prompts) > 1 else ''
+                    raise NotAnAnswer(which + result.problem, msgs + [msg])
                 if result.finish_reason == 'cancelled' or (progress is None and should_stop()):
                     if progress is not None:
                         msgs.append(msg)      # the partial answer ends a streamed job
@@ -594,6 +611,8 @@ class DescribeNode(Node):
         if found.result.finish_reason == 'cancelled' or should_stop():
             raise Cancelled('generation cancelled (shut-down or time-out)')
         arr = detect_io.detections_msg(found, source.header)
+        if found.result.problem:      # cut by the budget: the whole boxes kept, not published
+            raise NotAnAnswer('; '.join(found.notes), (arr, found))
         self._pub_detections.publish(arr)
         self.counters.inc('detections')
         if self._annotator.publish(frame, source.header, detections=found.detections):
@@ -625,6 +644,9 @@ class DescribeNode(Node):
                         detect=(labels, expression))
         problem = self._submit_and_wait(job, source)
         if problem:
+            if isinstance(job.error, NotAnAnswer):    # the whole boxes and the text kept
+                response.detections, found = job.error.kept
+                response.text = found.text
             return _refuse(response, problem)
         response.detections, found = job.result
         response.success = True
