@@ -10,7 +10,7 @@ import pytest
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline
 from qwen_vl_ros.vlm.constrain import ConstraintError
 from qwen_vl_ros.vlm.grounding import (box_schema, detect, fit_geometry, grounding_prompt,
-                                       label_score, parse_boxes)
+                                       parse_boxes)
 from qwen_vl_ros.vlm.vision import fit_frame
 
 SOURCES = [(301, 517), (517, 301), (1081, 1919), (97, 45), (448, 448), (449, 447), (33, 35)]
@@ -121,6 +121,7 @@ LABEL_VALUE = re.compile(r'"label": "((?:[^"\\]|\\.)*)"')
                                       'tab\\u0009here', '\\u0063up', 'a \\"b\\"'])
 def test_label_spans_follow_any_json_spelling(spelling):
     """The label's span is where the answer wrote it, however JSON escapes spell it."""
+    from qwen_vl_ros.vlm.grounding import label_score
     text = ('[{"bbox_2d": [1, 2, 30, 40], "label": "cup"}, '
             f'{{"bbox_2d": [5, 6, 70, 80], "label": "{spelling}"}}, '
             f'{{"label": "{spelling}", "bbox_2d": [5, 6, 70, 80]}}]')

@@ -21,7 +21,7 @@ import pytest
 import regex as pyregex
 
 from qwen_vl_ros.vlm import GenerationOptions, Pipeline
-from qwen_vl_ros.vlm.constrain import ConstraintError, cut_short, grammar_for, unbounded_parts
+from qwen_vl_ros.vlm.constrain import ConstraintError, grammar_for
 
 BUDGETS = tuple(range(1, 9))
 GENEROUS = 96
@@ -158,6 +158,7 @@ def test_budget_that_ends_where_the_grammar_may_end_asks_the_model(pipe):
 
 
 def test_cut_short_names_the_budget_and_what_would_bound_the_answer():
+    from qwen_vl_ros.vlm.constrain import cut_short, unbounded_parts
     schema = {'type': 'object', 'properties': {
         'name': {'type': 'string'}, 'n': {'type': 'integer'},
         'tags': {'type': 'array', 'items': {'$ref': '#/$defs/tag'}},
