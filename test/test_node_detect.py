@@ -366,4 +366,17 @@ def test_timer_typed_answers_by_parameter(tmp_path, tiny_onnx_dir):
             assert done.wait(60)
             res = future.result()
             assert res.success and res.description.text in ('open', 'closed'), res.message
+            # a schema whose answers the budget cuts: counted, never published
+            grows = '{"type": "object", "properties": {"name": {"type": "string"}}}'
+            assert all(r.successful for r in c.set_params(regex='', json_schema=grows,
+                                                          max_new_tokens=3))
+            n = len(c.stamped)
+
+            def cut():
+                c.image_pub.publish(node_harness.image_msg(node_harness.picture(60, 80)))
+                return c.counters().get('answers_cut', '0') not in ('0', '1') and c.counters()
+            c.wait_until(cut, 60, 'two timer answers cut by max_new_tokens')
+            late = [m.text for m in c.stamped[n:] if m.text.startswith('{')]
+            assert not late, late
     assert 'parameter regex' in node.output()
+    assert 'max_new_tokens = 3 was reached' in node.output()

@@ -189,8 +189,13 @@ class Camera:
         return self.frame_age(newest) if newest is not None else None
 
     def stale_reason(self, source: Source) -> str | None:
+        """Return why a topic frame is older than max_image_age_s, else None.
+
+        A request's own image is never stale: its caller chose it (a stored snapshot, several
+        questions about one picture), so it is described whatever its stamp.
+        """
         limit = self.settings.max_image_age_s
-        age = self.frame_age(source) if limit > 0 else None
+        age = self.frame_age(source) if limit > 0 and source.from_topic else None
         if age is None or age <= limit:
             return None
         st = source.header.stamp

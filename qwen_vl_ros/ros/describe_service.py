@@ -14,6 +14,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from .convert import SERVICE, request_constraint
 from .job import DescribeJob
 from .questions import questions
+from .worker import NotAnAnswer
 
 # A deep request queue: a burst of calls must reach the callback (and get "busy") instead of
 # being dropped by the middleware's default depth of 10.
@@ -75,6 +76,9 @@ class DescribeService:
             return refuse(response, why)
         problem = serving.submit_and_wait(dj.job, dj.about)
         if problem:
+            if isinstance(dj.job.error, NotAnAnswer):    # the partial text is kept
+                response.description, response.descriptions = dj.job.error.kept[0], \
+                    dj.job.error.kept
             return refuse(response, problem)
         response.success = True
         response.message = ''

@@ -16,6 +16,7 @@ from .convert import SERVICE
 from .describe_service import SERVICE_QOS, refuse
 from .housekeeping import warning
 from .job import DescribeJob
+from .worker import NotAnAnswer
 
 
 class DetectService:
@@ -48,6 +49,9 @@ class DetectService:
                          SERVICE, detect=(labels, expression))
         problem = serving.submit_and_wait(dj.job, about)
         if problem:
+            if isinstance(dj.job.error, NotAnAnswer):    # the whole boxes and the text kept
+                response.detections, found = dj.job.error.kept
+                response.text = found.text
             return refuse(response, problem)
         response.detections, found = dj.job.result
         response.success = True

@@ -60,6 +60,8 @@ COUNTERS = (
     Counter('runtime_errors', 'inference', 'the runtime failed while generating'),
     Counter('internal_errors', 'inference', 'anything else (a bug: the log has the traceback)'),
     Counter('cancelled', 'inference', 'jobs dropped or cut short (time-out, shut-down)'),
+    Counter('answers_cut', 'inference',
+            'typed answers (and box lists) the token budget cut: not sent'),
     Counter('timer_ticks', 'timer',
             'timer callbacks; each ends as one timer_skipped_* or one job'),
     Counter('timer_skipped_busy', 'timer', 'ticks while a description was generated or queued',
@@ -81,7 +83,7 @@ COUNTER_BY_NAME = {c.name: c for c in COUNTERS}
 CAMERA = tuple(c.name for c in COUNTERS if c.concern == 'camera')
 # Counted like errors for the status level: frames that never reached the node.
 LOSSES = ('frames_lost', 'qos_incompatible')
-ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors')
+ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors', 'answers_cut')
 TIMINGS = ('vision_ms', 'time_to_first_token_ms', 'decode_ms', 'tokens_per_second')
 TIMING_WINDOW = 100     # descriptions the p95 figures are taken over
 

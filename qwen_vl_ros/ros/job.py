@@ -16,9 +16,9 @@ import traceback
 
 from ..vlm.grounding import detect as find_objects
 from . import detect as detect_io
-from .convert import description_msg, error_kind, text_msg
+from .convert import description_msg, error_kind, text_msg, unanswered_msg
 from .frames import convert_all, second_per_grid_t
-from .worker import Cancelled, Job
+from .worker import Cancelled, Job, NotAnAnswer
 
 
 class DescribeJob:
@@ -73,12 +73,19 @@ class DescribeJob:
         msgs = []
         for i, question in enumerate(self.questions):
             if i and should_stop():
+                if progress is not None:   # the unasked question ends the goal, cancelled
+                    msgs.append(unanswered_msg(source.header, question, self.trigger,
+                                               'cancelled'))
                 break             # cancelled between two questions
             hooks = {} if progress is None else progress.hooks(i)
             result = pipeline.describe(frames, question, opts, should_stop=should_stop,
                                        frame_keys=keys, **hooks)
             msg = description_msg(result, source.header, question, self.trigger,
                                   0.0 if i else convert_ms, opts.choices)
+            if result.problem:    # a typed answer the budget cut: not published
+                which = (f'question {i + 1} of {len(self.questions)}: '
+                         if len(self.questions) > 1 else '')
+                raise NotAnAnswer(which + result.problem, msgs + [msg])
             if result.finish_reason == 'cancelled' or (progress is None and should_stop()):
                 if progress is not None:
                     msgs.append(msg)      # the partial answer ends a streamed job
@@ -105,6 +112,8 @@ class DescribeJob:
         if found.result.finish_reason == 'cancelled' or should_stop():
             raise Cancelled('generation cancelled (shut-down or time-out)')
         arr = detect_io.detections_msg(found, header)
+        if found.result.problem:      # cut by the budget: the whole boxes kept, not published
+            raise NotAnAnswer('; '.join(found.notes), (arr, found))
         self.camera.detections_pub.publish(arr)
         self._house.counters.inc('detections')
         if self.camera.annotator.publish(frame, header, detections=found.detections):

@@ -144,8 +144,9 @@ SPECS = (
          "Repetition penalty: <= 0 = the model's generation_config.json; 1.0 = none.",
          range=(-1.0, 100.0)),
     Spec('max_image_age_s', 5.0,
-         'Refuse frames whose header stamp is older than this (node clock, so use_sim_time '
-         'works for bags); 0 = no limit. A zero stamp counts from when the frame arrived.',
+         'Refuse topic frames whose header stamp is older than this (node clock, so '
+         'use_sim_time works for bags); 0 = no limit. A zero stamp counts from when the frame '
+         'arrived. A request\'s own image is described whatever its stamp.',
          range=(0.0, 86400.0)),
     Spec('max_pixels', 3840 * 2160,
          'Refuse frames with more pixels than this (width x height) before converting them; '

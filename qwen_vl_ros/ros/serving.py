@@ -18,6 +18,7 @@ import time
 from .camera import Camera, Cameras
 from .convert import error_kind
 from .describe_service import DescribeService
+from .housekeeping import warning
 from .detect_service import DetectService
 from .stream_action import StreamAction
 from .timer import CameraTimers
@@ -103,6 +104,11 @@ class Serving:
     def destroy(self) -> None:
         """Destroy every entity this made (a managed node's cleanup)."""
         self.deactivate()
+        # goals aborted with the reason before the server goes
+        left = self.stream.answer_all()
+        if left:
+            warning(self.house.logger)(f'{len(left)} ~/describe_stream goal(s) not answered '
+                                       'before the action server went')
         if not self.worker.alive:
             self.worker.pipeline = None    # the model goes with the last reference to it
         node = self.node

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from qwen_vl_interfaces.action import Describe as DescribeAction
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 
-from .convert import error_kind, ros_string
+from .convert import error_kind, ros_string, unanswered_msg
 from .describe_service import describe_job
 from .worker import Cancelled
 
 STREAM = 'action'     # the trigger of its descriptions
 POLL_S = 0.05   # longest a goal's thread waits before it looks at cancel and shut-down again
+REPLY_S = 0.2   # answer_all: time left for rclpy's executor to send the results it holds
 
 
 class Progress:
@@ -38,6 +40,7 @@ class Progress:
 
     def __init__(self):
         self.items: queue.Queue = queue.Queue()
+        self.unstarted = None    # the Description of a goal cancelled before it ran (_start)
         self._text = ''
         self._tokens = 0
 
@@ -77,11 +80,12 @@ class StreamAction:
         self._serving = serving
         self._closing = serving.house.closing
         self._jobs: dict = {}     # goal id -> its job, while the goal runs
+        self._goals: dict = {}    # goal id -> handle, from acceptance until its result is out
         self._lock = threading.Lock()
         self._server = ActionServer(
             serving.node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
-            callback_group=ReentrantCallbackGroup())
+            handle_accepted_callback=self._on_accepted, callback_group=ReentrantCallbackGroup())
 
     def destroy(self) -> None:
         self._server.destroy()
@@ -107,10 +111,50 @@ class StreamAction:
         dj, why = describe_job(serving, goal, STREAM, progress)
         if why:
             return None, why
+        # what a goal withdrawn before it ran ends with (no token: finish reason cancelled)
+        progress.unstarted = unanswered_msg(dj.about.source.header, dj.questions[0], STREAM,
+                                            'cancelled')
         why = serving.submit(dj.job, dj.about)
         if why:
             return None, why
         return dj.job, None
+
+    def _on_accepted(self, handle) -> None:
+        with self._lock:
+            for key in [k for k, h in self._goals.items() if self._answered(k, h)]:
+                del self._goals[key]
+            self._goals[bytes(handle.goal_id.uuid)] = handle
+        handle.execute()
+
+    def answer_all(self, timeout: float = 5.0) -> list:
+        """Wait until every accepted goal is answered; return the ids of those that were not.
+
+        Call once the node no longer serves (a managed node's cleanup, before the action
+        server is destroyed): each running goal's job is withdrawn and the goal aborted with
+        the node's reason, and goals accepted but not yet executing are aborted with it when
+        their execute callback runs. A goal counts as answered when rclpy holds its result
+        (the response to a result request already made is sent by rclpy's executor task right
+        after: REPLY_S is left for it). ``timeout`` in seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                jobs = list(self._jobs.values())
+                open_ = [k for k, h in self._goals.items() if not self._answered(k, h)]
+            for job in jobs:
+                self._withdraw(job)
+            if not open_ or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        time.sleep(REPLY_S)
+        return open_
+
+    def _answered(self, key: bytes, handle) -> bool:
+        if handle.is_active:
+            return False
+        # rclpy sets the goal's result future after the execute callback has returned
+        future = getattr(self._server, '_result_futures', {}).get(key)
+        return future is None or future.done()
 
     def _on_cancel(self, handle) -> CancelResponse:
         """Accept the cancel and stop the job now.
@@ -148,10 +192,14 @@ class StreamAction:
         finally:
             with self._lock:
                 self._jobs.pop(key, None)
-        return self._finish(handle, job, result)
+        return self._finish(handle, job, result, progress)
 
-    def _finish(self, handle, job, result):
-        msgs = job.result or []
+    def _finish(self, handle, job, result, progress):
+        # a typed answer cut by the budget (NotAnAnswer) keeps its partial description; a goal
+        # cancelled before it ran ends with an empty one, finish reason cancelled
+        msgs = job.result or getattr(job.error, 'kept', None) or []
+        if not msgs and handle.is_cancel_requested and progress.unstarted is not None:
+            msgs = [progress.unstarted]
         if msgs:
             result.description = msgs[0]
             result.descriptions = list(msgs)
