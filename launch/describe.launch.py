@@ -2,9 +2,10 @@
 
     ros2 launch qwen_vl_ros describe.launch.py model_dir:=/opt/models/qwen2.5-vl \
         image_topic:=/camera/color/image_raw [namespace:=robot1] [backend:=axengine] \
+        [npu_provider:=AXCLRTExecutionProvider] [npu_device:=0] \
         [params_file:=/path/to/my.yaml] [respawn:=true] [respawn_delay:=2.0]
 
-model_dir and backend, when given, override the params file. image_topic remaps both `image`
+model_dir, backend, npu_provider and npu_device, when given, override the params file. image_topic remaps both `image`
 and `image/compressed` (to <image_topic>/compressed), so image_transport:=compressed in the params
 file works with the same argument. respawn:=true starts the node again respawn_delay seconds
 after it exits by itself (a runtime hang exits with code 3 after hang_exit_s); a stop of the
@@ -39,6 +40,12 @@ def launch_arguments() -> list:
         DeclareLaunchArgument('backend', default_value='',
                               description='auto | axengine | onnxruntime; empty = the params '
                                           'file value'),
+        DeclareLaunchArgument('npu_provider', default_value='',
+                              description='auto | AxEngineExecutionProvider | '
+                                          'AXCLRTExecutionProvider (M.2 card); empty = the '
+                                          'params file value'),
+        DeclareLaunchArgument('npu_device', default_value='',
+                              description='M.2 card index; empty = the params file value'),
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic (sensor_msgs/Image); its /compressed '
                                           'sub-topic is used when image_transport is compressed'),
@@ -53,15 +60,15 @@ def launch_arguments() -> list:
 def node_options(context) -> dict:
     """Node action arguments of both launch files (all but the executable).
 
-    model_dir and backend override the params file only when given. Without respawn the node's
+    model_dir, backend, npu_provider and npu_device override the params file only when given. Without respawn the node's
     exit ends the launch (a node that cannot load its model must not leave a launch that looks
     alive); with respawn, launch runs on_exit before every respawn, so there is none.
     """
     overrides = {}
-    for name in ('model_dir', 'backend'):
+    for name in ('model_dir', 'backend', 'npu_provider', 'npu_device'):
         value = LaunchConfiguration(name).perform(context)
         if value:
-            overrides[name] = value
+            overrides[name] = int(value) if name == 'npu_device' else value
     image_topic = LaunchConfiguration('image_topic').perform(context)
     respawn = LaunchConfiguration('respawn').perform(context).strip().lower()
     if respawn not in ('true', 'false'):

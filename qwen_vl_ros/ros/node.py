@@ -204,7 +204,8 @@ class DescribeNode(Node):
         pipeline = Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend,
                                  threads=s.threads, system_prompt=s.system_prompt,
                                  resize=s.resize, progress=lambda m: self.get_logger().info(m),
-                                 vision_cache_frames=s.vision_cache_frames)
+                                 vision_cache_frames=s.vision_cache_frames,
+                                 npu_provider=s.npu_provider, npu_device=s.npu_device)
         if s.choices or s.json_schema or s.regex or s.mode == 'detect':
             pipeline.grammar_tokenizer()   # the timer's typed answers: no delay at the first
         return pipeline
@@ -687,7 +688,8 @@ class DescribeNode(Node):
             newest_frame_age_s=self._frame_age(newest) if newest is not None else None,
             max_image_age_s=s.max_image_age_s, pending=w.pending, queue_size=s.queue_size,
             period_s=s.period_s, not_serving=self._not_serving() or '',
-            lifecycle=self._lifecycle_state())
+            lifecycle=self._lifecycle_state(),
+            runs_on=getattr(getattr(w.pipeline, 'runtime', None), 'where', ''))
         self._pub_diag.publish(self._reporter.report(self._diag_name, health,
                                                      self.get_clock().now().to_msg()))
 
