@@ -131,8 +131,11 @@ def verdict(ok: bool) -> str:
 
 
 def npu_stub_env(tarball=PYAXENGINE, card: bool = False) -> dict:
-    """Environment running AXERA's pyaxengine ``tarball`` over the stub NPU (test/npu_stub);
-    ``card``: the M.2 card's libaxcl_rt alone (pyaxengine picks AXCLRTExecutionProvider)."""
+    """Return the environment running AXERA's pyaxengine ``tarball`` over the stub NPU.
+
+    test/npu_stub; ``card``: the M.2 card's libaxcl_rt alone (pyaxengine picks
+    AXCLRTExecutionProvider).
+    """
     if not Path(tarball).exists():
         raise SystemExit(f'{tarball} is absent: the pyaxengine releases live in ../shared')
     sys.path.insert(0, str(NPU_STUB))

@@ -52,7 +52,7 @@ def link_device():
 
 
 def estimate(row: dict) -> dict:
-    """The link figures of one row: MB and calls per token, estimated ms and % of the token."""
+    """Give one row's link figures: MB and calls per token, estimated ms and share of the token."""
     mb, calls = row['flush_mb_per_token'], row['calls_per_token']
     ms = 1e3 * (mb * 2**20 / LINK_BYTES_PER_S + calls * LINK_S_PER_CALL)
     return {'link_mb_per_token': mb, 'link_calls_per_token': calls,

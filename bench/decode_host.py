@@ -79,8 +79,10 @@ def time_ort_sessions(pipe: Pipeline, clock: Clock) -> None:
 
 
 def counters(device) -> dict:
-    """Now: wall and thread-CPU clocks, time inside the runtime, bytes flushed (or moved over
-    the card's link) and, when ``device`` gives them, the calls that moved them."""
+    """Now: wall and thread-CPU clocks, time inside the runtime, bytes flushed.
+
+    On the card: the bytes moved over its link and, when ``device`` gives them, the calls.
+    """
     dev_wall, dev_cpu, flushed, *calls = device()
     return {'wall': time.perf_counter(), 'cpu': time.thread_time(), 'dev_wall': dev_wall,
             'dev_cpu': dev_cpu, 'flush': flushed, 'calls': calls[0] if calls else 0}

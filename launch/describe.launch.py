@@ -5,10 +5,10 @@
         [npu_provider:=AXCLRTExecutionProvider] [npu_device:=0] \
         [params_file:=/path/to/my.yaml] [respawn:=true] [respawn_delay:=2.0]
 
-model_dir, backend, npu_provider and npu_device, when given, override the params file. image_topic remaps both `image`
-and `image/compressed` (to <image_topic>/compressed), so image_transport:=compressed in the params
-file works with the same argument. respawn:=true starts the node again respawn_delay seconds
-after it exits by itself (a runtime hang exits with code 3 after hang_exit_s); a stop of the
+model_dir, backend, npu_provider and npu_device, when given, override the params file.
+image_topic remaps both `image` and `image/compressed` (to <image_topic>/compressed), so
+image_transport:=compressed in the params file works with the same argument. respawn:=true
+starts the node again respawn_delay seconds after it exits by itself (a runtime hang exits with code 3 after hang_exit_s); a stop of the
 launch (Ctrl-C) is not followed by a respawn. Both are plain values, performed here, so that the
 file also works with Humble's launch_ros (whose Node takes respawn as a bool, not a substitution).
 Without respawn, the node's exit (e.g. the model does not load) ends the launch.
@@ -60,9 +60,10 @@ def launch_arguments() -> list:
 def node_options(context) -> dict:
     """Node action arguments of both launch files (all but the executable).
 
-    model_dir, backend, npu_provider and npu_device override the params file only when given. Without respawn the node's
-    exit ends the launch (a node that cannot load its model must not leave a launch that looks
-    alive); with respawn, launch runs on_exit before every respawn, so there is none.
+    model_dir, backend, npu_provider and npu_device override the params file only when given.
+    Without respawn the node's exit ends the launch (a node that cannot load its model must not
+    leave a launch that looks alive); with respawn, launch runs on_exit before every respawn, so
+    there is none.
     """
     overrides = {}
     for name in ('model_dir', 'backend', 'npu_provider', 'npu_device'):

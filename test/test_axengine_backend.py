@@ -76,8 +76,10 @@ def _build_module():
 
 
 def stub_env(release: str, card: bool = False, **extra) -> dict:
-    """Environment running ``release`` over the stub NPU (built once per source hash);
-    ``card``: the M.2 card's libaxcl_rt alone (AXCLRTExecutionProvider)."""
+    """Environment running ``release`` over the stub NPU (built once per source hash).
+
+    ``card``: the M.2 card's libaxcl_rt alone (AXCLRTExecutionProvider).
+    """
     env = _build_module().stub_env(tarball(release), card=card)
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -151,7 +153,7 @@ MATRIX = [pytest.param(r, False, id=r) for r in SHAPE_GROUP_RELEASES] + \
 
 
 def _check_link_per_token(runs):
-    """The card: in-buffer decode never moves a whole cache over the link; plain run does."""
+    """Check that in-buffer decode never moves a whole cache over the link; plain run does."""
     fast, plain = runs['1']['per_token'], runs['0']['per_token']
     cache, layers = runs['1']['cache_bytes'], runs['1']['layers']
     assert fast['steps'] > 0 and plain['steps'] == fast['steps']
@@ -294,8 +296,10 @@ def test_bf16_in_buffer_equals_plain_run(bf16_runs):
 
 
 def test_card_bf16_in_buffer_equals_plain_run(bf16_runs, tmp_path):
-    """The card on bf16 I/O: the same tokens as the board, in-buffer and plain, a stale cache
-    never leaks, and far fewer bytes over the link in-buffer."""
+    """The card on bf16 I/O: the same tokens as the board, in-buffer and plain.
+
+    A stale cache never leaks, and far fewer bytes cross the link in-buffer.
+    """
     spec, board = bf16_runs
     out = drive(CURRENT, spec, tmp_path, card=True)
     assert out['error'] is None, (out['error'], out['stderr'][-2000:])
@@ -309,9 +313,12 @@ def test_card_bf16_in_buffer_equals_plain_run(bf16_runs, tmp_path):
 
 
 def test_card_memory_rules(tmp_path):
-    """Fresh device memory is garbage (or what AX_STUB_AXCL_FILL says), axclrtMemcpy copies
+    """The card stub's memory rules, through pyaxengine's own cffi handle.
+
+    Fresh device memory is garbage (or what AX_STUB_AXCL_FILL says), axclrtMemcpy copies
     exactly its range and counts it, refuses a range past a block, and a host write through a
-    device pointer kills the process saying why."""
+    device pointer kills the process saying why.
+    """
     out = drive(CURRENT, {'action': 'card_probe'}, tmp_path, card=True)
     assert out['error'] is None, (out['error'], out['stderr'][-2000:])
     probe = out['card_probe']
@@ -332,8 +339,11 @@ def test_card_memory_rules(tmp_path):
 
 
 def test_card_cli_link_stats_and_second_card(models, reference, tmp_path):
-    """qwen-vl-describe through with_npu_stub.sh --card on card 1 of 2: the answer, the log
-    naming the card, and AX_STUB_LINK_STATS's JSON counting that card's runs only."""
+    """qwen-vl-describe through with_npu_stub.sh --card on card 1 of 2.
+
+    The answer, the log naming the card, and AX_STUB_LINK_STATS's JSON counting that card's
+    runs only.
+    """
     import cv2
     model_dir, case = models['image']
     h, w, seed = case['frames'][0]

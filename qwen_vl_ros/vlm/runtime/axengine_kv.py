@@ -101,8 +101,10 @@ def attach(session, decode_group: int):
 
 
 class KVBuffers:
-    """What the board's and the card's in-buffer caches share: the layout read from the
-    session's shape groups, the feed checks, the outputs taken by name, and ``attach``.
+    """What the board's and the card's in-buffer caches share.
+
+    The layout read from the session's shape groups, the feed checks, the outputs taken by
+    name, and ``attach``.
 
     A subclass gives ``_native(session)`` (what it needs of pyaxengine's internals, or a str
     saying what is missing) and builds itself from that.
@@ -160,7 +162,7 @@ class KVBuffers:
         return ins, outs
 
     def _prefix(self, arg) -> bool:
-        """True when a group's K_cache (1, H, kv) is a row prefix of the decode cache."""
+        """Tell whether a group's K_cache (1, H, kv) is a row prefix of the decode cache."""
         return (len(arg.shape) == 3 and tuple(arg.shape[::2]) == (1, self.width)
                 and arg.shape[1] <= self.length and np.dtype(arg.dtype) == self.dtype)
 

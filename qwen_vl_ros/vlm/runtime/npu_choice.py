@@ -12,7 +12,7 @@ NPU_PROVIDERS = ('auto', 'AxEngineExecutionProvider', 'AXCLRTExecutionProvider')
 
 
 def npu_choice(npu_provider: str = 'auto', npu_device: int = 0) -> tuple:
-    """(providers, provider_options) for pyaxengine's InferenceSession from the parameters.
+    """Return (providers, provider_options) for pyaxengine's InferenceSession.
 
     ``npu_provider``: one of NPU_PROVIDERS; ``auto`` lets pyaxengine choose (0.1.3.rc3: the
     card's AXCLRT when ``/dev/axcl_host`` exists or ``libaxcl_rt`` is the only runtime

@@ -101,13 +101,16 @@ STATS = Stats()
 
 
 def on_card() -> bool:
-    """True when only the card's libaxcl_rt is present (as ``with_npu_stub.sh --card``)."""
+    """Tell whether only the card's libaxcl_rt is present (``with_npu_stub.sh --card``)."""
     return _state.get('card') is not None and _state.get('engine') is None
 
 
 def link_stats() -> dict:
-    """The card's axclrtMemcpy counters and runs since the last reset (AX_STUB_LINK_STATS's
-    JSON: host_to_device / device_to_host / device_to_device {bytes, calls}, runs)."""
+    """Return the card's axclrtMemcpy counters and runs since the last reset.
+
+    As AX_STUB_LINK_STATS's JSON: host_to_device / device_to_host / device_to_device
+    {bytes, calls}, runs.
+    """
     out = _state['ffi'].new('uint64_t[7]')
     _state['card'].AXCL_STUB_GetLinkStats(out)
     return {'host_to_device': {'bytes': out[0], 'calls': out[1]},
@@ -116,8 +119,10 @@ def link_stats() -> dict:
 
 
 def cache_stats() -> dict:
-    """Bytes and calls of AX_SYS_MflushCache / AX_SYS_MinvalidateCache since the last reset
-    (the board); on the card, the link counters (``link_stats``) instead."""
+    """Bytes and calls of AX_SYS_MflushCache / AX_SYS_MinvalidateCache since the last reset.
+
+    On the card: the link counters (``link_stats``) instead.
+    """
     if not _state.get('sys'):
         return {'link': link_stats()}
     out = _state['ffi'].new('AX_U64[4]')
