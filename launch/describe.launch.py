@@ -9,8 +9,9 @@ model_dir, backend, npu_provider and npu_device, when given, override the params
 image_topic remaps both `image` and `image/compressed` (to <image_topic>/compressed), so
 image_transport:=compressed in the params file works with the same argument. respawn:=true
 starts the node again respawn_delay seconds after it exits by itself (a runtime hang exits
-with code 3 after hang_exit_s); a stop of the launch (Ctrl-C) is not followed by a respawn. Both are plain values, performed here, so that the
-file also works with Humble's launch_ros (whose Node takes respawn as a bool, not a substitution).
+with code 3 after hang_exit_s); a stop of the launch (Ctrl-C) is not followed by a respawn.
+Both are plain values, performed here, so that the file also works with Humble's launch_ros
+(whose Node takes respawn as a bool, not a substitution).
 Without respawn, the node's exit (e.g. the model does not load) ends the launch.
 describe_managed.launch.py reuses this file's arguments and node options.
 """
