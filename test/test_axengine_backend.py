@@ -448,3 +448,30 @@ def test_layer_without_a_contract_output_refused_at_load(tiny_onnx_dir, tmp_path
                                keep=('output', 'K_cache_out'))
     with pytest.raises(ModelDirError, match=r"lacks outputs \['V_cache_out'\]"):
         Pipeline.load(str(d), backend='onnxruntime', threads=1, progress=lambda m: None)
+
+
+def test_card_node_diagnostics_name_the_provider_and_card(models, tmp_path, monkeypatch):
+    """describe_node with npu_device 1 on a host with two cards: /diagnostics says so."""
+    pytest.importorskip('rclpy')
+    pytest.importorskip('qwen_vl_interfaces')
+    import node_harness as harness
+    env = stub_env(CURRENT, card=True)
+    for name in ('LD_LIBRARY_PATH', 'PYTHONPATH', 'AX_STUB_NPU'):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv('AX_STUB_AXCL_DEVICES', '2')
+    args = harness.launch_arguments(model_dir=models['image'][0], backend='axengine',
+                                    npu_provider='AXCLRTExecutionProvider', npu_device=1,
+                                    max_new_tokens=4)
+    with harness.ready_node(args, tmp_path):
+        with harness.service_client() as client:
+            def model_status():
+                for arr in reversed(client.diagnostics):
+                    for st in client.own_statuses(arr):
+                        if st.name.endswith(': model') and st.message.startswith('ready'):
+                            return st
+                return None
+            st = client.wait_until(model_status, harness.DIAGNOSTICS_WAIT_S, 'model status')
+    values = {kv.key: kv.value for kv in st.values}
+    assert st.message.startswith('ready: axengine on AXCLRTExecutionProvider (M.2 card 1, '
+                                 'device id 130'), st.message
+    assert values['runs_on'].startswith('AXCLRTExecutionProvider (M.2 card 1'), values

@@ -141,9 +141,15 @@ def nan_rows(spec, out):
     assert pipe.decoder.kv is not None, 'no in-buffer KV cache'
     result = {'clean': pipe.describe(frames, case['prompt'], opts).token_ids}
     for kv in pipe.decoder.kv:
-        kv._k[...] = np.nan
-        kv._v[...] = np.nan
-        kv._flush_rows(0, kv.length)
+        if hasattr(kv, '_k'):  # the board: CMM rows the host writes, then flushes
+            kv._k[...] = np.nan
+            kv._v[...] = np.nan
+            kv._flush_rows(0, kv.length)
+        else:  # the card: NaN rows sent into its device buffers
+            nan = np.full(kv.length * kv.width, np.nan, np.float32).astype(kv.dtype)
+            kv._current()
+            for at in (kv._k_at, kv._v_at):
+                kv._copy(kv._in[at][0], kv._host(nan), nan.nbytes, 1)
     try:
         pipe.describe(frames, case['prompt'], opts)
         result['poisoned'] = 'no error'
