@@ -2,21 +2,23 @@
 
     ros2 launch qwen_vl_ros describe.launch.py model_dir:=/opt/models/qwen2.5-vl \
         image_topic:=/camera/color/image_raw [namespace:=robot1] [backend:=axengine] \
+        [npu_provider:=AXCLRTExecutionProvider] [npu_device:=0] \
         [params_file:=/path/to/my.yaml] [respawn:=true] [respawn_delay:=2.0]
 
     ros2 launch qwen_vl_ros describe.launch.py model_dir:=/opt/models/qwen2.5-vl \
         cameras:=front,rear image_topics:=/front/image_raw,/rear/image_raw \
         params_file:=$(ros2 pkg prefix qwen_vl_ros)/share/qwen_vl_ros/config/cameras.yaml
 
-model_dir and backend, when given, override the params file. image_topic remaps both `image`
-and `image/compressed` (to <image_topic>/compressed), so image_transport:=compressed in the params
-file works with the same argument. cameras (comma-separated names) sets the parameter cameras;
-image_topics then gives each camera's topic in the same order (remapping <camera>/image and
-<camera>/image/compressed), and a params file may hold a block per camera (config/cameras.yaml).
-respawn:=true starts the node again respawn_delay seconds
-after it exits by itself (a runtime hang exits with code 3 after hang_exit_s); a stop of the
-launch (Ctrl-C) is not followed by a respawn. Both are plain values, performed here, so that the
-file also works with Humble's launch_ros (whose Node takes respawn as a bool, not a substitution).
+model_dir, backend, npu_provider and npu_device, when given, override the params file.
+image_topic remaps both `image` and `image/compressed` (to <image_topic>/compressed), so
+image_transport:=compressed in the params file works with the same argument. cameras
+(comma-separated names) sets the parameter cameras; image_topics then gives each camera's topic
+in the same order (remapping <camera>/image and <camera>/image/compressed), and a params file
+may hold a block per camera (config/cameras.yaml). respawn:=true starts the node again
+respawn_delay seconds after it exits by itself (a runtime hang exits with code 3 after
+hang_exit_s); a stop of the launch (Ctrl-C) is not followed by a respawn. Both are plain
+values, performed here, so that the file also works with Humble's launch_ros (whose Node takes
+respawn as a bool, not a substitution).
 Without respawn, the node's exit (e.g. the model does not load) ends the launch.
 describe_managed.launch.py reuses this file's arguments and node options.
 """
@@ -46,6 +48,12 @@ def launch_arguments() -> list:
         DeclareLaunchArgument('backend', default_value='',
                               description='auto | axengine | onnxruntime; empty = the params '
                                           'file value'),
+        DeclareLaunchArgument('npu_provider', default_value='',
+                              description='auto | AxEngineExecutionProvider | '
+                                          'AXCLRTExecutionProvider (M.2 card); empty = the '
+                                          'params file value'),
+        DeclareLaunchArgument('npu_device', default_value='',
+                              description='M.2 card index; empty = the params file value'),
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic (sensor_msgs/Image); its /compressed '
                                           'sub-topic is used when image_transport is compressed'),
@@ -67,15 +75,16 @@ def launch_arguments() -> list:
 def node_options(context) -> dict:
     """Node action arguments of both launch files (all but the executable).
 
-    model_dir and backend override the params file only when given. Without respawn the node's
-    exit ends the launch (a node that cannot load its model must not leave a launch that looks
-    alive); with respawn, launch runs on_exit before every respawn, so there is none.
+    model_dir, backend, npu_provider and npu_device override the params file only when given.
+    Without respawn the node's exit ends the launch (a node that cannot load its model must not
+    leave a launch that looks alive); with respawn, launch runs on_exit before every respawn, so
+    there is none.
     """
     overrides = {}
-    for name in ('model_dir', 'backend'):
+    for name in ('model_dir', 'backend', 'npu_provider', 'npu_device'):
         value = LaunchConfiguration(name).perform(context)
         if value:
-            overrides[name] = value
+            overrides[name] = int(value) if name == 'npu_device' else value
     image_topic = LaunchConfiguration('image_topic').perform(context)
     respawn = LaunchConfiguration('respawn').perform(context).strip().lower()
     if respawn not in ('true', 'false'):

@@ -27,6 +27,7 @@ from ..vlm import GenerationOptions, ImageError, Pipeline, VLMError
 from ..vlm.constrain import grammar_for
 from ..vlm.prompt import DEFAULT_PROMPT, keep_torch_out
 from ..vlm.runtime import BACKENDS
+from ..vlm.runtime.npu_choice import NPU_PROVIDERS
 from ..vlm.vision import RESIZE_MODES
 from .combinations import UsageError, check_combinations
 
@@ -39,6 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--backend', choices=BACKENDS, default='auto')
     p.add_argument('--provider', action='append', dest='providers',
                    help='onnxruntime execution provider (repeatable)')
+    p.add_argument('--npu-provider', choices=NPU_PROVIDERS, default='auto',
+                   help="axengine: pyaxengine's provider, the board's NPU "
+                   "(AxEngineExecutionProvider) or an M.2 card (AXCLRTExecutionProvider); "
+                   'auto = as pyaxengine picks')
+    p.add_argument('--npu-device', type=int, default=0,
+                   help='axengine on M.2 cards: the card index (0 = the first)')
     p.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads')
     p.add_argument('--system-prompt', default='', help="system prompt ('' = the template's)")
     p.add_argument('--resize', choices=RESIZE_MODES, default='stretch')
@@ -86,7 +93,8 @@ def load_pipeline(args, progress=None) -> Pipeline:
     """Load the model the shared options name."""
     return Pipeline.load(args.model_dir, args.tokenizer_dir, args.backend, args.providers,
                          threads=args.threads, system_prompt=args.system_prompt,
-                         resize=args.resize, progress=progress)
+                         resize=args.resize, progress=progress,
+                         npu_provider=args.npu_provider, npu_device=args.npu_device)
 
 
 def generation_options(args) -> GenerationOptions:

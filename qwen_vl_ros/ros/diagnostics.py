@@ -4,7 +4,8 @@ diagnostic_msgs conventions (REP 107 / diagnostic_updater): each DiagnosticStatu
 ``<node>: <concern>``, has a level (OK / WARN / ERROR), a message a person understands and its
 figures as key/value pairs. The concerns:
 
-- ``model``: loading / ready / failed / hung, backend, model directory (key ``state``); a
+- ``model``: loading / ready / failed / hung, backend, what runs the model (key ``runs_on``:
+  pyaxengine's provider and, on an M.2 card, which card), model directory (key ``state``); a
   managed node not active: its lifecycle state and what to do (key ``lifecycle_state``);
 - ``camera`` (with ``cameras``: one ``camera <name>`` per camera): frames received, refused by
   reason, newest frame's age (WARN when older than max_image_age_s, or none yet);
@@ -188,6 +189,7 @@ class NodeHealth:
     queue_size: int = 0
     not_serving: str = ''        # why every request is refused now (managed: not active)
     lifecycle: str = ''          # a managed node's lifecycle state ('' = unmanaged)
+    runs_on: str = ''            # ready: the provider (and M.2 card) running the model
 
 
 class Reporter:
@@ -231,7 +233,8 @@ class Reporter:
         arr.header.stamp = stamp
         arr.status = [
             _status(f'{name}: model', h.backend, *_model(h, state_for_s),
-                    {'state': h.state, 'backend': h.backend, 'model_dir': h.model_dir,
+                    {'state': h.state, 'backend': h.backend, 'runs_on': h.runs_on,
+                     'model_dir': h.model_dir,
                      'state_for_s': f'{state_for_s:.1f}',
                      **({'lifecycle_state': h.lifecycle} if h.lifecycle else {})}),
             *cameras,
@@ -260,7 +263,8 @@ def _status(name, hardware_id, level, message, values: dict) -> DiagnosticStatus
 
 def _model(h: NodeHealth, state_for_s: float) -> tuple:
     if h.state == 'ready':
-        return OK, f'ready: {h.backend}, model {h.model_dir}'
+        on = f' on {h.runs_on}' if h.runs_on else ''
+        return OK, f'ready: {h.backend}{on}, model {h.model_dir}'
     if h.state == 'loading':
         return WARN, (f'loading {h.model_dir} ({state_for_s:.0f} s so far); requests are '
                       'refused until it is ready')

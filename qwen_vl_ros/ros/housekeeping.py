@@ -71,7 +71,8 @@ class Housekeeping:
         pipeline = Pipeline.load(s.model_dir, s.tokenizer_dir or None, s.backend,
                                  threads=s.threads, system_prompt=s.system_prompt,
                                  resize=s.resize, progress=lambda m: self.logger.info(m),
-                                 vision_cache_frames=s.vision_cache_frames)
+                                 vision_cache_frames=s.vision_cache_frames,
+                                 npu_provider=s.npu_provider, npu_device=s.npu_device)
         if any(s.camera(c).choices or s.camera(c).json_schema or s.camera(c).regex
                or s.camera(c).mode == 'detect' for c in s.camera_names):
             pipeline.grammar_tokenizer()   # the timer's typed answers: no delay at the first
@@ -187,7 +188,7 @@ class Housekeeping:
             model_dir=s.model_dir, problem=problem, exit_in_s=self.watchdog.exit_in(),
             cameras=cameras, pending=worker.pending if worker is not None else 0,
             queue_size=s.queue_size, not_serving=node.not_serving() or '',
-            lifecycle=node.lifecycle_state())
+            lifecycle=node.lifecycle_state(), runs_on=getattr(runtime, 'where', ''))
         self._pub_diag.publish(self.reporter.report(self.full_name, health,
                                                     node.get_clock().now().to_msg()))
 

@@ -26,6 +26,7 @@ from ..vlm import GenerationOptions
 from ..vlm.constrain import ConstraintError, grammar_for
 from ..vlm.prompt import DEFAULT_PROMPT
 from ..vlm.runtime import BACKENDS
+from ..vlm.runtime.npu_choice import NPU_PROVIDERS
 from ..vlm.vision import RESIZE_MODES
 
 MODES = ('describe', 'detect')
@@ -100,6 +101,16 @@ SPECS = (
          'Inference runtime: auto (axengine when it imports and the models are .axmodel, else '
          'onnxruntime), axengine (AX650N NPU) or onnxruntime (ONNX stand-ins on the CPU).',
          read_only=True, choices=BACKENDS),
+    Spec('npu_provider', 'auto',
+         "axengine: pyaxengine's execution provider: auto (as pyaxengine picks: an M.2 card's "
+         'AXCLRTExecutionProvider when /dev/axcl_host exists or libaxcl_rt is the only NPU '
+         "runtime, else the board's AxEngineExecutionProvider), AxEngineExecutionProvider (the "
+         'AX650N board) or AXCLRTExecutionProvider (an AX650N M.2 card on a host computer).',
+         read_only=True, choices=NPU_PROVIDERS),
+    Spec('npu_device', 0,
+         'axengine on M.2 cards: index of the card that runs the model (0 = the first; a host '
+         'may have several). Ignored by the board and by onnxruntime.',
+         read_only=True, range=(0, 255)),
     Spec('threads', 0,
          'onnxruntime intra-op threads per session; 0 = onnxruntime default. Ignored by axengine.',
          read_only=True, range=(0, 256)),

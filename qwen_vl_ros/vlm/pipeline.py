@@ -138,18 +138,21 @@ class Pipeline:
     def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
              providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
              resize: str = 'stretch', kv_len: int = 1023, progress=None,
-             vision_cache_frames: int = 2) -> Pipeline:
+             vision_cache_frames: int = 2, npu_provider: str = 'auto',
+             npu_device: int = 0) -> Pipeline:
         """Find, check and open every model file; ``progress(str)`` hears each stage.
 
         ``kv_len`` is used only by the older pyaxengine API, which cannot report model shapes.
         ``vision_cache_frames``: vision features of this many frame sets kept (0 = none).
+        ``npu_provider`` / ``npu_device``: pyaxengine's provider and M.2 card index
+        (runtime/npu_choice.py); ``runtime.where`` then says what runs the models.
         """
         say = progress or log.info
         t0 = time.perf_counter()
         files = find_model_files(model_dir, tokenizer_dir)
         cfg = files.config
         runtime = select_runtime(backend, files.backend_kind, providers, provider_options,
-                                 threads)
+                                 threads, npu_provider, npu_device)
         say(f'loading {model_dir} with {runtime.name}: {cfg.num_layers} layers, '
             f'hidden {cfg.hidden_size}, vocab {cfg.vocab_size}')
         vision = runtime.open({-1: files.vision}, 'vision', files, kv_len)
@@ -173,6 +176,8 @@ class Pipeline:
         say(f'model ready in {time.perf_counter() - t0:.1f} s: vision {pipe.vision_size[0]}x'
             f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
             f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
+        kv = decoder.kv[0].where if decoder.kv else 'on the host (fed to each run)'
+        say(f'models run on {runtime.where or runtime.name}; KV cache {kv}')
         return pipe
 
     def _vision_size(self) -> tuple:

@@ -71,6 +71,7 @@ class OnnxRuntime(Runtime):
     def __init__(self, providers=None, threads: int = 0):
         self.providers = list(providers) if providers else ['CPUExecutionProvider']
         self.threads = threads
+        self.where = ', '.join(self.providers)
 
     def open(self, paths: dict, role: str = '', files=None, kv_len: int = 0) -> Session:
         """Open one model (one file per shape group); shapes come from the files."""
