@@ -181,6 +181,7 @@ def busy_loops(n=2):
             p.wait()
 
 
+@pytest.mark.timeout(120 + 10 * STREAM_GOALS)
 def test_stock_client_under_load_gets_the_whole_text(client, node):
     """A stock rclpy ActionClient, the machine loaded: the promise holds for every goal.
 

@@ -150,8 +150,11 @@ class StreamAction:
         return open_
 
     def _answered(self, key: bytes, handle) -> bool:
-        if handle.is_active:
-            return False
+        try:
+            if handle.is_active:
+                return False
+        except Exception:  # noqa: BLE001 - a goal rclpy expired (result_timeout): destroyed
+            return True
         # rclpy sets the goal's result future after the execute callback has returned
         future = getattr(self._server, '_result_futures', {}).get(key)
         return future is None or future.done()
