@@ -12,7 +12,7 @@
 #                   model; default: a tiny random-weight model exported once into demo_out/)
 #   make bench      install, then bench/run_all.py: host-side benchmarks at the real model shapes
 #                   (~2 min, ~1.8 GB of temporary stand-ins) -> bench/RESULTS.md
-#   make test-jazzy .venv-jazzy (Python 3.10, ROS 2 Jazzy wheels, numpy 1.26, transformers 4.49):
+#   make test-jazzy .venv-jazzy (Python 3.12, ROS 2 Jazzy wheels, numpy 1.26, transformers 4.49):
 #                   the suite again, reusing the tiny models `make pytest` left in build/test_models
 #   make test-tf5   .venv-tf5 (transformers 5.x, no torch, no ROS): the core tests again
 #   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
@@ -40,6 +40,10 @@ PYTEST_TIMEOUT ?= 600
 # Python 3.10 (what Ubuntu 22.04 robots run) for the syntax check; skipped when absent.
 PY310  ?= $(firstword $(wildcard /root/.pyenv/versions/3.10*/bin/python3) \
                       $(shell command -v python3.10 2>/dev/null))
+# Python 3.12 (Ubuntu 24.04's, with ROS 2 Jazzy: a Raspberry Pi 5 with an M.2 card) for the
+# Jazzy suite; skipped when absent.
+PY312  ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3) \
+                      $(shell command -v python3.12 2>/dev/null))
 
 INTERFACE_SRCS := $(wildcard qwen_vl_interfaces/msg/*.msg qwen_vl_interfaces/srv/*.srv \
                              qwen_vl_interfaces/action/*.action) \
@@ -110,8 +114,8 @@ pytest: install ros2cli
 	  $(VPY) -m pytest test -q -rs --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 
 # -- other distros and library versions -------------------------------------------------------
-# test-jazzy: ROS 2 Jazzy wheels (rclpy 7.1, close to Humble's API) on Python 3.10 with
-# numpy 1.26 and transformers 4.49, qwen_vl_interfaces built with Jazzy's rosidl; the whole
+# test-jazzy: ROS 2 Jazzy wheels (rclpy 7.1, close to Humble's API) on Python 3.12 with
+# numpy 1.26 (Ubuntu 24.04's stack, as on a Raspberry Pi 5) and transformers 4.49, qwen_vl_interfaces built with Jazzy's rosidl; the whole
 # suite (what needs torch or the ros2 CLI skips and says so). test-tf5: the ROS-free core under
 # transformers 5.x (Python 3.11). Neither has torch: both reuse TEST_MODELS from `make pytest`.
 TEST_MODELS := $(BUILD)/test_models
@@ -121,7 +125,7 @@ CORE_TESTS  := test/test_pipeline.py test/test_vision.py test/test_real_tokenize
                test/test_axengine_backend.py
 
 $(JAZZY_VENV)/.stamp-deps: scripts/requirements-jazzy.txt
-	$(PY310) -m venv $(JAZZY_VENV)
+	$(PY312) -m venv $(JAZZY_VENV)
 	$(JAZZY_VENV)/bin/python3 -m pip --disable-pip-version-check install --quiet \
 	  -r scripts/requirements-jazzy.txt
 	command -v cmake >/dev/null || $(JAZZY_VENV)/bin/python3 -m pip install 'cmake>=3.22,<5'
@@ -149,8 +153,8 @@ endef
 
 .PHONY: test-jazzy test-tf5
 test-jazzy:
-ifeq ($(PY310),)
-	@echo "test-jazzy: SKIPPED: no Python 3.10 (pyenv's 3.10.x or python3.10 on PATH)"
+ifeq ($(PY312),)
+	@echo "test-jazzy: SKIPPED: no Python 3.12 (pyenv's 3.12.x or python3.12 on PATH)"
 else
 	$(MAKE) --no-print-directory $(JAZZY_VENV)/.stamp-interfaces
 	$(call other_venv_pytest,$(JAZZY_VENV),test)

@@ -130,8 +130,12 @@ def verdict(ok: bool) -> str:
     return 'met' if ok else 'NOT met'
 
 
-def npu_stub_env(tarball=PYAXENGINE) -> dict:
-    """Environment running AXERA's pyaxengine ``tarball`` over the stub NPU (test/npu_stub)."""
+def npu_stub_env(tarball=PYAXENGINE, card: bool = False) -> dict:
+    """Return the environment running AXERA's pyaxengine ``tarball`` over the stub NPU.
+
+    test/npu_stub; ``card``: the M.2 card's libaxcl_rt alone (pyaxengine picks
+    AXCLRTExecutionProvider).
+    """
     if not Path(tarball).exists():
         raise SystemExit(f'{tarball} is absent: the pyaxengine releases live in ../shared')
     sys.path.insert(0, str(NPU_STUB))
@@ -139,10 +143,10 @@ def npu_stub_env(tarball=PYAXENGINE) -> dict:
         from build import stub_env
     finally:
         sys.path.remove(str(NPU_STUB))
-    return stub_env(tarball)
+    return stub_env(tarball, card=card)
 
 
-def run_under_npu_stub(tarball=PYAXENGINE) -> None:
+def run_under_npu_stub(tarball=PYAXENGINE, card: bool = False) -> None:
     """Re-execute this script under the stub NPU environment, unless already inside it.
 
     The dynamic loader reads LD_LIBRARY_PATH at process start only, so the stub libraries must
@@ -150,4 +154,4 @@ def run_under_npu_stub(tarball=PYAXENGINE) -> None:
     """
     if os.environ.get('AX_STUB_NPU') != '1':
         sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable] + sys.argv, npu_stub_env(tarball))
+        os.execve(sys.executable, [sys.executable] + sys.argv, npu_stub_env(tarball, card))

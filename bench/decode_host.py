@@ -79,10 +79,13 @@ def time_ort_sessions(pipe: Pipeline, clock: Clock) -> None:
 
 
 def counters(device) -> dict:
-    """Now: wall and thread-CPU clocks, time inside the runtime, bytes flushed."""
-    dev_wall, dev_cpu, flushed = device()
+    """Now: wall and thread-CPU clocks, time inside the runtime, bytes flushed.
+
+    On the card: the bytes moved over its link and, when ``device`` gives them, the calls.
+    """
+    dev_wall, dev_cpu, flushed, *calls = device()
     return {'wall': time.perf_counter(), 'cpu': time.thread_time(), 'dev_wall': dev_wall,
-            'dev_cpu': dev_cpu, 'flush': flushed}
+            'dev_cpu': dev_cpu, 'flush': flushed, 'calls': calls[0] if calls else 0}
 
 
 def per_token(c0: dict, c1: dict, steps: int) -> dict:
@@ -96,7 +99,8 @@ def per_token(c0: dict, c1: dict, steps: int) -> dict:
     return {'wall_ms': 1e3 * d['wall'] / steps, 'device_ms': 1e3 * d['dev_wall'] / steps,
             'host_ms': 1e3 * (d['wall'] - d['dev_wall']) / steps,
             'host_cpu_ms': 1e3 * (d['cpu'] - d['dev_cpu']) / steps,
-            'flush_mb_per_token': d['flush'] / 2**20 / steps}
+            'flush_mb_per_token': d['flush'] / 2**20 / steps,
+            'calls_per_token': d['calls'] / steps}
 
 
 def summary(rows: list) -> dict:
@@ -254,16 +258,22 @@ def onnxruntime_part(onnx_dir: Path, tokens: int, runs: int) -> dict:
     return out
 
 
-def pyaxengine_part(ax_dir: Path, tokens: int, runs: int) -> dict:
-    """Measure (b): pipeline (in-buffer KV, plain run) and naive loop on pyaxengine + stub NPU."""
+def pyaxengine_part(ax_dir: Path, tokens: int, runs: int, device=None) -> dict:
+    """Measure (b): pipeline (in-buffer KV, plain run) and naive loop on pyaxengine + stub NPU.
+
+    ``device()`` gives (time in the NPU, its CPU time, bytes moved[, calls]); default: the
+    board's bytes flushed. Bench 1c (decode_card.py) gives the card's link counters.
+    """
     import npu_host  # the stub NPU's Python side, registered at start (sitecustomize)
 
     from qwen_vl_ros.vlm.runtime.axengine import import_axengine, prints_to_log
     axengine = import_axengine()
     stats = npu_host.STATS
 
-    def device():
+    def flushed():
         return stats.npu_s, stats.npu_cpu_s, npu_host.cache_stats()['flush_bytes']
+
+    device = device or flushed
 
     out = {}
     for name, switch in (('pipeline', '1'), ('pipeline_plain_run', '0')):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, machine_line  # noqa: E402
 
 BENCH = REPO / 'bench'
-ORDER = ('decode_host', 'frame_patches', 'memory', 'startup', 'ros_overhead',
+ORDER = ('decode_host', 'decode_card', 'frame_patches', 'memory', 'startup', 'ros_overhead',
          'constrained_sampling', 'followup')
 
 
@@ -46,6 +46,7 @@ def commands(dirs: dict, tiny: Path | None, tmp: Path) -> dict:
     return {
         'decode_host': py + [str(BENCH / 'decode_host.py'), '--onnx-dir', str(dirs['onnx']),
                              '--ax-dir', str(dirs['axmodel'])],
+        'decode_card': py + [str(BENCH / 'decode_card.py'), '--ax-dir', str(dirs['axmodel'])],
         'frame_patches': py + [str(BENCH / 'frame_patches.py')],
         'memory': py + [str(BENCH / 'memory.py'), '--npy-dir', str(dirs['onnx']),
                         '--bf16-dir', str(dirs['onnx_bf16'])],
@@ -97,6 +98,17 @@ def summary_rows(r: dict) -> list:
                      f"{d['ratio_b_host']:.3f} (1/{1 / d['ratio_b_host']:.0f})",
                      '<= 2 ms and <= 1/5',
                      _fmt_ok(t['b_pipeline_host_le_2ms'] and t['b_pipeline_le_fifth_of_naive'])))
+    c = r.get('decode_card')
+    if c:
+        pipe, naive = c['rows']['pipeline'], c['rows']['naive']
+        rows.append(('1c decode on the M.2 card stub: link traffic per token (est. link time)',
+                     f"{pipe['link_mb_per_token']:.3f} MB, {pipe['link_calls_per_token']:.0f} "
+                     f"calls (~{pipe['link_ms_estimate']:.2f} ms, "
+                     f"{100 * pipe['link_share_of_token']:.2f} % of 207 ms)",
+                     f"naive loop {naive['link_mb_per_token']:.1f} MB (~"
+                     f"{naive['link_ms_estimate']:.0f} ms)", f"{c['ratio_link_bytes']:.4f}",
+                     '<= 1 MB and < 2 %',
+                     _fmt_ok(all(c['targets'].values()))))
     f = r.get('frame_patches')
     if f:
         rows.append(('2 1080p bgr8 frame -> patches', f"{f['pipeline_ms']:.2f} ms",

@@ -15,7 +15,11 @@ test says otherwise.
   (--json, --bag), a driver that refuses interior flushes, a tuple of providers, a KV object
   outliving its session, layer outputs in another order or missing (these two on onnxruntime);
 - on bf16 I/O (as compiled for the board): in-buffer equals plain run, moves far fewer bytes,
-  a missing row flush changes the answer, the last KV row is used the same way.
+  a missing row flush changes the answer, the last KV row is used the same way;
+- the M.2 card (libaxcl_rt.so alone, test/npu_stub/axcl_rt.c): pyaxengine picks
+  AXCLRTExecutionProvider by itself, the matrix and the bf16 equality hold there, no decode
+  step moves a whole cache over the link (the stub's axclrtMemcpy counters), the stub's device
+  memory rules, the CLI on the second of two cards with AX_STUB_LINK_STATS.
 
 Parity runs pack the models with float32 I/O (the NPU stub then computes exactly what
 onnxruntime does); the bf16 runs check the bf16 path against itself.
@@ -71,20 +75,23 @@ def _build_module():
     return module
 
 
-def stub_env(release: str, **extra) -> dict:
-    """Environment running ``release`` over the stub NPU (built once per source hash)."""
-    env = _build_module().stub_env(tarball(release))
+def stub_env(release: str, card: bool = False, **extra) -> dict:
+    """Environment running ``release`` over the stub NPU (built once per source hash).
+
+    ``card``: the M.2 card's libaxcl_rt alone (AXCLRTExecutionProvider).
+    """
+    env = _build_module().stub_env(tarball(release), card=card)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def drive(release: str, spec: dict, tmp_path, **env) -> dict:
+def drive(release: str, spec: dict, tmp_path, card: bool = False, **env) -> dict:
     """Run test/npu_stub/drive.py under ``release``; return its JSON result."""
     spec_path, out_path = tmp_path / 'spec.json', tmp_path / 'out.json'
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, str(STUB / 'drive.py'), str(spec_path),
-                           str(out_path)], env=stub_env(release, **env), capture_output=True,
-                          text=True, timeout=600)
+                           str(out_path)], env=stub_env(release, card, **env),
+                          capture_output=True, text=True, timeout=600)
     assert out_path.exists(), proc.stderr[-3000:]
     out = json.loads(out_path.read_text())
     out['stderr'] = proc.stderr
@@ -138,18 +145,39 @@ def models(tiny_onnx_dir, export_variant, packed):
             'chunked': (packed(export_variant(**CHUNKED_EXPORT)), CHUNKED_IMAGE)}
 
 
-@pytest.mark.parametrize('release', SHAPE_GROUP_RELEASES)
-def test_matrix_token_parity_with_transformers(release, models, reference, tmp_path):
+# The board under every release with shape groups; the M.2 card (libaxcl_rt alone) under the
+# current one (older releases' AXCLRT run() reads outputs through a CMM struct the card's IO
+# handle does not have: README, "Raspberry Pi 5 / ROCK 5B+ with an M.2 card").
+MATRIX = [pytest.param(r, False, id=r) for r in SHAPE_GROUP_RELEASES] + \
+    [pytest.param(CURRENT, True, id=f'{CURRENT}-card')]
+
+
+def _check_link_per_token(runs):
+    """Check that in-buffer decode never moves a whole cache over the link; plain run does."""
+    fast, plain = runs['1']['per_token'], runs['0']['per_token']
+    cache, layers = runs['1']['cache_bytes'], runs['1']['layers']
+    assert fast['steps'] > 0 and plain['steps'] == fast['steps']
+    assert fast['h2d_bytes'] / fast['steps'] < cache / 4, (fast, cache)
+    assert fast['d2h_bytes'] / fast['steps'] < cache / 4, (fast, cache)
+    assert plain['h2d_bytes'] / plain['steps'] >= 2 * layers * cache, (plain, cache)
+
+
+@pytest.mark.parametrize('release,card', MATRIX)
+def test_matrix_token_parity_with_transformers(release, card, models, reference, tmp_path):
     jobs = [{'model_dir': model_dir, 'cases': [case], 'in_buffer': [True, False]}
             for model_dir, case in models.values()]
-    out = drive(release, {'jobs': jobs}, tmp_path)
+    out = drive(release, {'jobs': jobs}, tmp_path, card)
     assert out['error'] is None, (out['error'], out['stderr'][-2000:])
     jobs = dict(zip(models, out['jobs']))
+    provider = 'AXCLRTExecutionProvider (M.2 card 0' if card else 'AxEngineExecutionProvider'
     for name, runs in jobs.items():  # plain run first: output views break the video here
+        assert runs['0']['where'].startswith(provider), runs['0']['where']  # picked by itself
         assert runs['0']['tokens'] == [reference(models[name][1])], (name, 'plain run')
     for name, runs in jobs.items():  # garbage in fresh CMM breaks the in-buffer cache here
         assert runs['1']['kv'] and not runs['0']['kv'], name
         assert runs['1']['tokens'] == [reference(models[name][1])], (name, 'in-buffer KV')
+        if card:
+            _check_link_per_token(runs)
 
 
 def test_in_buffer_kv_whatever_fresh_cmm_holds(models, reference, tmp_path):
@@ -267,6 +295,78 @@ def test_bf16_in_buffer_equals_plain_run(bf16_runs):
     _check_in_buffer_equals_plain(bf16_runs[1])
 
 
+def test_card_bf16_in_buffer_equals_plain_run(bf16_runs, tmp_path):
+    """The card on bf16 I/O: the same tokens as the board, in-buffer and plain.
+
+    A stale cache never leaks, and far fewer bytes cross the link in-buffer.
+    """
+    spec, board = bf16_runs
+    out = drive(CURRENT, spec, tmp_path, card=True)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    fast, plain = out['runs']['1'], out['runs']['0']
+    assert fast['kv'] and not plain['kv']
+    assert fast['tokens'] == plain['tokens'] == board['1']['tokens']
+    _check_link_per_token(out['runs'])
+    moved = [r['link']['host_to_device']['bytes'] + r['link']['device_to_host']['bytes']
+             for r in (fast, plain)]
+    assert moved[0] * 5 < moved[1], moved
+
+
+def test_card_memory_rules(tmp_path):
+    """The card stub's memory rules, through pyaxengine's own cffi handle.
+
+    Fresh device memory is garbage (or what AX_STUB_AXCL_FILL says), axclrtMemcpy copies
+    exactly its range and counts it, refuses a range past a block, and a host write through a
+    device pointer kills the process saying why.
+    """
+    out = drive(CURRENT, {'action': 'card_probe'}, tmp_path, card=True)
+    assert out['error'] is None, (out['error'], out['stderr'][-2000:])
+    probe = out['card_probe']
+    assert probe['fresh_distinct'] > 200 and probe['written_exactly'] and probe['past_end_refused']
+    assert probe['link']['host_to_device'] == {'bytes': 100, 'calls': 1}
+    assert probe['link']['device_to_host'] == {'bytes': 2 * 4096, 'calls': 2}
+    zero = drive(CURRENT, {'action': 'card_probe'}, tmp_path, card=True, AX_STUB_AXCL_FILL='zero')
+    assert zero['card_probe']['fresh_distinct'] == 1 and zero['card_probe']['fresh_first'] == 0
+    early = tmp_path / 'early.json'
+    spec = {'action': 'card_probe', 'touch': True, 'out_early': str(early)}
+    (tmp_path / 'touch.json').write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, str(STUB / 'drive.py'), str(tmp_path / 'touch.json'),
+                           str(tmp_path / 'touch_out.json')], env=stub_env(CURRENT, card=True),
+                          capture_output=True, text=True, timeout=300)
+    assert early.exists() and not (tmp_path / 'touch_out.json').exists()
+    assert proc.returncode != 0
+    assert 'the host touched device memory' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_card_cli_link_stats_and_second_card(models, reference, tmp_path):
+    """qwen-vl-describe through with_npu_stub.sh --card on card 1 of 2.
+
+    The answer, the log naming the card, and AX_STUB_LINK_STATS's JSON counting that card's
+    runs only.
+    """
+    import cv2
+    model_dir, case = models['image']
+    h, w, seed = case['frames'][0]
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'f.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    stats = tmp_path / 'link.json'
+    proc = subprocess.run(
+        [str(HERE.parent / 'scripts' / 'with_npu_stub.sh'), '--card', str(tarball(CURRENT)),
+         '--', sys.executable, '-m', 'qwen_vl_ros.cli.describe', '--backend', 'axengine',
+         '--model-dir', model_dir, '--image', str(tmp_path / 'f.png'), '--max-new-tokens', '6',
+         '--greedy', '--repetition-penalty', '1.0', '--json', '--npu-device', '1'],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHON=sys.executable, AX_STUB_AXCL_DEVICES='2',
+                 AX_STUB_LINK_STATS=str(stats)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)['token_ids'] == reference(case)[:6]
+    assert 'models run on AXCLRTExecutionProvider (M.2 card 1, device id 130' in proc.stderr
+    link = json.loads(stats.read_text())
+    assert set(link) >= {'host_to_device', 'device_to_host', 'runs'}
+    assert link['runs'] > 0 and link['runs_by_device'] == {'1': link['runs']}
+    assert link['host_to_device']['calls'] > 0 and link['device_to_host']['bytes'] > 0
+
+
 def test_bf16_chunked_in_buffer_equals_plain_and_missing_flush_shows(export_variant, packed,
                                                                      tmp_path):
     model_dir = packed(export_variant(**CHUNKED_EXPORT), 'bfloat16')
@@ -293,14 +393,21 @@ def test_kv_length_edge_in_buffer(export_variant, packed, tmp_path):
     assert fast['prompt_tokens'][0] + len(fast['tokens'][0]) == 56 + 1
 
 
-def test_fallbacks_and_checks():
-    from qwen_vl_ros.vlm.runtime import axengine_kv
+def test_fallbacks_and_checks(caplog):
+    from qwen_vl_ros.vlm.runtime import axclrt_kv, axengine_kv
 
-    class NoInternals:  # e.g. the M.2 card's AXCLRT session: no _io of CMM buffers
+    class NoInternals:  # a pyaxengine whose internals differ: no _io of buffers
         def get_inputs(self, shape_group=0):
             return []
 
+    class AXCLRTSession(NoInternals):  # the card's provider, without what DeviceKV needs
+        pass
+
+    caplog.set_level('INFO', logger='qwen_vl_ros')
     assert axengine_kv.InBufferKV.attach(NoInternals(), 0) is None
+    assert axengine_kv.attach(AXCLRTSession(), 0) is None
+    assert axclrt_kv.DeviceKV.attach(AXCLRTSession(), 0) is None
+    assert 'AXCLRTSession lacks' in caplog.text and '_thread_context' in caplog.text
 
 
 def _reorder_layer_outputs(src: Path, dst: Path, keep=None) -> Path:
@@ -341,3 +448,30 @@ def test_layer_without_a_contract_output_refused_at_load(tiny_onnx_dir, tmp_path
                                keep=('output', 'K_cache_out'))
     with pytest.raises(ModelDirError, match=r"lacks outputs \['V_cache_out'\]"):
         Pipeline.load(str(d), backend='onnxruntime', threads=1, progress=lambda m: None)
+
+
+def test_card_node_diagnostics_name_the_provider_and_card(models, tmp_path, monkeypatch):
+    """describe_node with npu_device 1 on a host with two cards: /diagnostics says so."""
+    pytest.importorskip('rclpy')
+    pytest.importorskip('qwen_vl_interfaces')
+    import node_harness as harness
+    env = stub_env(CURRENT, card=True)
+    for name in ('LD_LIBRARY_PATH', 'PYTHONPATH', 'AX_STUB_NPU'):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv('AX_STUB_AXCL_DEVICES', '2')
+    args = harness.launch_arguments(model_dir=models['image'][0], backend='axengine',
+                                    npu_provider='AXCLRTExecutionProvider', npu_device=1,
+                                    max_new_tokens=4)
+    with harness.ready_node(args, tmp_path):
+        with harness.service_client() as client:
+            def model_status():
+                for arr in reversed(client.diagnostics):
+                    for st in client.own_statuses(arr):
+                        if st.name.endswith(': model') and st.message.startswith('ready'):
+                            return st
+                return None
+            st = client.wait_until(model_status, harness.DIAGNOSTICS_WAIT_S, 'model status')
+    values = {kv.key: kv.value for kv in st.values}
+    assert st.message.startswith('ready: axengine on AXCLRTExecutionProvider (M.2 card 1, '
+                                 'device id 130'), st.message
+    assert values['runs_on'].startswith('AXCLRTExecutionProvider (M.2 card 1'), values

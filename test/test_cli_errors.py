@@ -92,3 +92,46 @@ def test_bad_bit_depth_is_one_line(tiny_onnx_dir, tmp_path, capsys):
     cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
     code, _, err = run(capsys, '--model-dir', tiny_onnx_dir, '--image', path, '--bit-depth', 3)
     assert 'bit_depth' in assert_one_error_line(code, err)
+
+
+@pytest.mark.parametrize('args, why', [
+    (['--max-new-tokens', 0], 'max_new_tokens must be at least 1, got 0'),
+    (['--max-new-tokens', -3], 'max_new_tokens must be at least 1'),
+    (['--temperature', 0], 'temperature must be > 0'),
+    (['--temperature', 'nan'], 'temperature must be > 0'),
+    (['--top-p', 0], 'top_p must be in (0, 1]'),
+    (['--top-p', 1.5], 'top_p must be in (0, 1]'),
+    (['--top-k', -1], 'top_k must be >= 0'),
+    (['--repetition-penalty', 0], 'repetition_penalty must be > 0'),
+    (['--second-per-grid-t', 0], 'second_per_grid_t must be > 0'),
+    (['--seed', -1], 'seed must be >= 0'),
+    (['--threads', -2], '--threads must be >= 0'),
+    (['--bit-depth', 3], 'bit_depth must be 0 (auto) or 8..16'),
+    (['--bag', 'x', '--every', -1], '--every must be >= 0'),
+    (['--detect', 'cup', '--image', 'x.png', '--max-new-tokens', 0], 'max_new_tokens'),
+])
+def test_options_that_cannot_be_served_are_refused_before_anything_loads(tmp_path, capsys,
+                                                                         args, why):
+    """Refused by the values alone: the model directory does not even exist."""
+    code, out, err = run(capsys, '--model-dir', tmp_path / 'no_model', *args)
+    line = assert_one_error_line(code, err)
+    assert why in line and 'no_model' not in err and 'loading' not in err, err
+
+
+def test_a_typed_answer_cut_by_the_budget_exits_1_and_says_why(tiny_onnx_dir, capsys):
+    code, out, err = run(capsys, '--model-dir', tiny_onnx_dir, '--prompt', 'Where?',
+                         '--choices', 'the cup on the left,the cup on the right',
+                         '--max-new-tokens', 1, '--json')
+    assert code == 1, err
+    answer = json.loads(out)
+    assert answer['success'] is False and answer['finish_reason'] == 'length'
+    assert 'max_new_tokens = 1 was reached (1 tokens used)' in answer['message']
+    assert answer['message'] in err.splitlines()[-1] and answer['choice_index'] == -1
+    code, out, err = run(capsys, '--model-dir', tiny_onnx_dir, '--prompt', 'Where?',
+                         '--choices', 'the cup on the left,the cup on the right',
+                         '--max-new-tokens', 1)
+    assert code == 1 and out == '' and 'cut short' in err      # no text printed as an answer
+    code, out, err = run(capsys, '--model-dir', tiny_onnx_dir, '--prompt', 'Where?',
+                         '--choices', 'the cup on the left,the cup on the right',
+                         '--max-new-tokens', 40, '--json')
+    assert code == 0 and json.loads(out)['success'] is True, err

@@ -77,9 +77,11 @@ def test_one_status_per_concern_named_after_the_node(client):
         assert st.name == f'/qwen_vl: {concern}'
         assert st.message
     model = statuses['model']
-    assert model.level == OK and model.message.startswith('ready: onnxruntime, model ')
+    assert model.level == OK
+    assert model.message.startswith('ready: onnxruntime on CPUExecutionProvider, model ')
     values = {kv.key: kv.value for kv in model.values}
     assert values['state'] == 'ready' and values['backend'] == 'onnxruntime'
+    assert values['runs_on'] == 'CPUExecutionProvider'
     # every counter in exactly one status
     keys = [kv.key for st in statuses.values() for kv in st.values]
     assert len(keys) == len(set(keys)), keys

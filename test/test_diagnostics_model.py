@@ -125,7 +125,7 @@ def test_managed_configure_says_loading_then_inactive(tiny_onnx_dir, tmp_path):
         st = wait_model(client, S.WARN, INACTIVE, 10)
         assert st.message == INACTIVE and values(st)['lifecycle_state'] == 'inactive'
         assert life.set('activate')
-        st = wait_model(client, S.OK, 'ready: onnxruntime, model ', 30)
+        st = wait_model(client, S.OK, 'ready: onnxruntime on CPUExecutionProvider, model ', 30)
         assert values(st)['lifecycle_state'] == 'active'
         assert node.stop(signal.SIGINT, 20)[0] == 0, node.output()[-3000:]
     finally:

@@ -106,12 +106,14 @@ def test_hang_in_process_returns_when_released(faulty):
     assert out['r'].token_ids == clean
 
 
-def test_nan_rows_in_the_npu_buffers_are_cleared_there_too(tiny_onnx_dir, tmp_path):
-    """Clear the in-buffer KV cache (axengine_kv) on the device, under the real pyaxengine.
+@pytest.mark.parametrize('card', [False, True], ids=['board', 'card'])
+def test_nan_rows_in_the_npu_buffers_are_cleared_there_too(tiny_onnx_dir, tmp_path, card):
+    """Clear the in-buffer KV cache on the device, under the real pyaxengine.
 
     NaN rows left in the session's cache buffers (what a NaN run leaves) fail the next request
-    by name (masked rows still poison attention: NaN + mask is NaN), are zeroed and flushed,
-    and the request after that is a clean run (test/npu_stub/drive.py, action nan_rows).
+    by name (masked rows still poison attention: NaN + mask is NaN), are zeroed there (the
+    board: axengine_kv, flushed; the M.2 card: axclrt_kv, on the card), and the request after
+    that is a clean run (test/npu_stub/drive.py, action nan_rows).
     """
     ax = pytest.importorskip('test_axengine_backend')
     sys.path.insert(0, str(ax.STUB / 'python'))
@@ -122,7 +124,7 @@ def test_nan_rows_in_the_npu_buffers_are_cleared_there_too(tiny_onnx_dir, tmp_pa
     model_dir = pack_model_dir(tiny_onnx_dir, tmp_path / 'axmodel', 'bfloat16')
     case = {'frames': [[448, 448, 1]], 'prompt': 'Describe this image.', 'n': 8}
     out = ax.drive(ax.CURRENT, {'action': 'nan_rows', 'model_dir': str(model_dir),
-                                'cases': [case]}, tmp_path, AX_STUB_CMM_FILL='zero')
+                                'cases': [case]}, tmp_path, card, AX_STUB_CMM_FILL='zero')
     assert out['error'] is None, (out['error'], out['stderr'][-2000:])
     r = out['nan_rows']
     assert r['poisoned'].startswith('NonFiniteOutput: NaN logits'), r['poisoned']

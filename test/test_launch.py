@@ -85,7 +85,8 @@ def test_launch_arguments(launch):
         assert 'description' in kw
         declared[ast.literal_eval(call.args[0])] = kw['default_value']
     assert set(declared) == {'params_file', 'namespace', 'model_dir', 'backend', 'image_topic',
-                             'respawn', 'respawn_delay'}
+                             'cameras', 'image_topics', 'respawn', 'respawn_delay',
+                             'npu_provider', 'npu_device'}
     assert ast.literal_eval(declared['respawn']) == 'false'
     assert float(ast.literal_eval(declared['respawn_delay'])) > 0
     assert ast.literal_eval(declared['image_topic']) == 'image'

@@ -168,8 +168,24 @@ def test_deactivate_cuts_a_goal_and_a_request_short_with_the_reason(client, node
 
 
 def test_cleaned_up_says_unconfigured_and_serves_nothing(client):
+    """Goals sent as cleanup begins are answered (aborted with the reason) before the server goes.
+
+    Each asks for its result at once, as a stock client does: none may wait forever.
+    """
     from diagnostic_msgs.msg import DiagnosticStatus
+    assert client.stream.wait_for_server(timeout_sec=20)
+    handshake(client)
+    goals = [Goal(client, PROMPT, image_msg(picture(seed=40 + i)), max_new_tokens=4)
+             for i in range(12)]
     assert client.life.set('cleanup') and client.life.get() == 'unconfigured'
+    # a goal request the server did not take before it went is never answered (rclpy); every
+    # goal it accepted is
+    goals = [g for g in goals if g.accepted.wait(5) and g.handle.accepted]
+    print(f'{len(goals)} of 12 goals accepted before cleanup')
+    for g in goals:
+        g.wait(20)
+        assert status_name(g.status) == 'aborted' and not g.result.success
+        assert g.result.message.startswith('not active (state '), g.result.message
     st = wait_status(client, 'model', UNCONFIGURED)
     assert st.level == DiagnosticStatus.WARN
     assert values(st)['state'] == 'unconfigured'

@@ -238,18 +238,58 @@ def test_flood_gets_answers_or_immediate_busy_and_node_still_serves(client):
     assert after.success, after.message
 
 
-def test_stale_frames_are_refused(client):
+def test_stale_topic_frames_are_refused_request_images_are_not(client):
     old = now_stamp(-10.0)
-    r = client.describe(image=image_msg(picture(), stamp=old))
-    assert not r.success
-    assert r.message.startswith('stale image'), r.message
-    assert 'max_image_age_s is 2' in r.message
+    # a request's own image was chosen by its caller (a stored snapshot): described, its stamp
+    # copied to the description, whatever its age (max_image_age_s is 2 here)
+    r = client.describe(image=image_msg(picture(), stamp=old, frame_id='snapshot'),
+                        max_new_tokens=4)
+    assert r.success, r.message
+    assert (r.description.header.stamp.sec, r.description.header.stamp.nanosec) == \
+        (old.sec, old.nanosec) and r.description.header.frame_id == 'snapshot'
     r = describe_topic_frame(client, image_msg(picture(), stamp=old, frame_id='old'),
                              expect='stale image')
     assert not r.success and r.message.startswith('stale image'), r.message
     # a fresh frame after it is fine
     r = describe_topic_frame(client, image_msg(picture(), stamp=now_stamp()), max_new_tokens=4)
     assert r.success, r.message
+
+
+def typed_call(client, image, max_new_tokens, **fields):
+    req = client.describe_request('Name what you see.', image, max_new_tokens)
+    for k, v in fields.items():
+        setattr(req, k, v)
+    done, future = client.call_async(client.describe_client, req)
+    assert done.wait(60), 'no ~/describe answer'
+    return future.result()
+
+
+def test_typed_answer_cut_by_the_budget_is_not_a_success(client):
+    """Answer success false naming the budget, the partial description kept, nothing published."""
+    img = image_msg(picture(seed=41))
+    grows = '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}'
+    r = typed_call(client, img, 4, json_schema=grows)
+    assert not r.success
+    assert 'max_new_tokens = 4' in r.message and '(4 tokens used)' in r.message, r.message
+    assert '$: object without additionalProperties: false' in r.message, r.message
+    assert '$.name: string without maxLength' in r.message, r.message
+    d = r.description
+    assert d.finish_reason == 'length' and d.generated_tokens == 4 and d.text.startswith('{')
+    assert [x.text for x in r.descriptions] == [d.text]
+    r = typed_call(client, img, 1, choices=['the cup on the left', 'the cup on the right'])
+    assert not r.success and 'longest choice' in r.message, r.message
+    assert r.description.choice_index == -1 and r.description.finish_reason == 'length'
+    # with room, the same kinds of question are answers
+    r = typed_call(client, img, 40, choices=['the cup on the left', 'the cup on the right'])
+    assert r.success and r.description.choice_index in (0, 1), r.message
+    ok = client.describe('After.', image=img, max_new_tokens=2)
+    assert ok.success, ok.message
+    client.wait_until(lambda: any(m.prompt == 'After.' for m in client.stamped), 30,
+                      'the description after them')
+    cut = [m for m in client.stamped if m.prompt == 'Name what you see.' and
+           m.finish_reason == 'length']
+    assert not cut, [m.text for m in cut]
+    client.wait_counter('answers_cut', 2)
 
 
 def _short_data(msg):

@@ -177,7 +177,7 @@ def test_describe_service():
     assert Describe.Request.get_fields_and_field_types() == {
         'prompt': 'string', 'image': 'sensor_msgs/Image', 'max_new_tokens': 'uint32',
         'choices': 'sequence<string>', 'json_schema': 'string', 'regex': 'string',
-        'prompts': 'sequence<string>'}
+        'prompts': 'sequence<string>', 'camera': 'string'}
     assert Describe.Response.get_fields_and_field_types() == {
         'success': 'boolean', 'message': 'string',
         'description': 'qwen_vl_interfaces/Description',
@@ -207,7 +207,7 @@ def test_detect_service():
     from qwen_vl_interfaces.srv import Detect
     assert Detect.Request.get_fields_and_field_types() == {
         'labels': 'sequence<string>', 'prompt': 'string', 'image': 'sensor_msgs/Image',
-        'max_new_tokens': 'uint32'}
+        'max_new_tokens': 'uint32', 'camera': 'string'}
     assert Detect.Response.get_fields_and_field_types() == {
         'success': 'boolean', 'message': 'string',
         'detections': 'vision_msgs/Detection2DArray', 'text': 'string'}

@@ -75,7 +75,7 @@ def test_readme_service_calls_run_as_written(tmp_path, export_variant, ros2):
     assert len(typed) == 3 and len(detect) == 2, (typed, detect)
     model = export_variant(image_size=(224, 224))
     args = node_harness.launch_arguments(model_dir=str(model), backend='onnxruntime',
-                                         threads=1, max_image_age_s=0.0, max_new_tokens=48,
+                                         threads=1, max_image_age_s=0.0,
                                          temperature=2.0, top_k=0, top_p=1.0)
     with node_harness.ready_node(args, tmp_path / 'node'):
         client = node_harness.RosClient()
@@ -93,7 +93,13 @@ def test_readme_service_calls_run_as_written(tmp_path, export_variant, ros2):
             assert isinstance(people, int) and 0 <= people <= 50
             assert re.fullmatch('[0-2][0-9]:[0-5][0-9]', field(outs[2], 'text'))
             for line in detect:
-                out = run_call(ros2, line)
+                # the random-weight model may list boxes until the default budget (128) cuts
+                # the answer: success false with that reason; asked again until it ends
+                for _ in range(6):
+                    out = run_call(ros2, line)
+                    if 'success=True' in out:
+                        break
+                    assert 'max_new_tokens = 128 was reached' in out, out[-2000:]
                 assert 'success=True' in out and 'Detection2DArray' in out, out[-2000:]
                 assert field(out, 'text').startswith('[')
         finally:

@@ -187,13 +187,18 @@ def test_examples_section(tiny_onnx_dir, tmp_path):
 
 
 def test_launch_arguments_params_file_and_compressed_remap(tiny_onnx_dir, tmp_path):
-    """params_file (compressed transport), image_topic remapped to <topic>/compressed, backend."""
+    """params_file (compressed transport), image_topic remapped to <topic>/compressed, backend.
+
+    npu_provider / npu_device (ignored by onnxruntime) reach the node with their types (an
+    integer parameter given a string would stop it at start).
+    """
     params = tmp_path / 'my.yaml'
     params.write_text('/**:\n  ros__parameters:\n    image_transport: compressed\n'
                       '    max_new_tokens: 5\n    prompt: "What is on the table?"\n')
     env = cli_env(tmp_path / 'log')
     command = (f'ros2 launch qwen_vl_ros describe.launch.py params_file:={params} '
-               f'model_dir:={tiny_onnx_dir} backend:=onnxruntime image_topic:=/cam/front')
+               f'model_dir:={tiny_onnx_dir} backend:=onnxruntime image_topic:=/cam/front '
+               'npu_provider:=AXCLRTExecutionProvider npu_device:=1')
     try:
         with launched(command, env, tmp_path / 'launch.log') as launch, \
                 camera('/cam/front', compressed=True) as cam:

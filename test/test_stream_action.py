@@ -7,6 +7,8 @@ must stop generation before the next decode step. The model is the doctored tiny
 still generating when it is cancelled. SIGINT during a goal runs against the node as a process.
 """
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +116,23 @@ def handshake(client, timeout=60.0):
         assert time.monotonic() < deadline, f'no goal round-tripped within {timeout} s'
 
 
+def check_feedback(feedback, result):
+    """Check the streaming promise (README) for the feedback a client received.
+
+    Each feedback's text is a prefix of its question's text in the result, ends with its
+    delta, and grows; the result holds the whole text.
+
+    (Joined deltas equal the final text only when the client received every feedback: a stock
+    rclpy ActionClient drops the feedback that arrives after the result.)
+    """
+    last = {}
+    for fb in feedback:
+        final = result.descriptions[fb.prompt_index].text
+        assert final.startswith(fb.text) and fb.text.endswith(fb.delta), (fb, final)
+        assert fb.text.startswith(last.get(fb.prompt_index, '')), (fb, last)
+        last[fb.prompt_index] = fb.text
+
+
 def status_name(code):
     from action_msgs.msg import GoalStatus
     return {GoalStatus.STATUS_SUCCEEDED: 'succeeded', GoalStatus.STATUS_CANCELED: 'canceled',
@@ -136,14 +155,54 @@ def test_feedback_streams_the_text_of_the_service_answer(client, node):
     assert [x.text for x in g.result.descriptions] == [d.text]
     fb = g.feedback
     assert fb, 'no feedback'
-    assert ''.join(x.delta for x in fb) == d.text == fb[-1].text
+    check_feedback(fb, g.result)
     for a, b in zip(fb, fb[1:]):           # at most one feedback per decode step
-        assert b.generated_tokens > a.generated_tokens and b.text == a.text + b.delta
+        assert b.generated_tokens > a.generated_tokens
     assert fb[-1].generated_tokens <= d.generated_tokens
     assert all(not x.text.endswith('\ufffd') for x in fb[:-1])
     # the same question through the service: the same tokens (and the frame's work reused)
     r = client.describe(PROMPT, image=img, max_new_tokens=10)
     assert r.success and r.description.text == d.text
+
+
+# goals of the loaded stock-client test (make test: 16; by hand: QVR_STREAM_GOALS=100)
+STREAM_GOALS = int(os.environ.get('QVR_STREAM_GOALS', '16'))
+
+
+@contextlib.contextmanager
+def busy_loops(n=2):
+    """``n`` processes spinning on the CPU (a loaded 2-core robot), ended by their pid."""
+    procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.timeout(120 + 10 * STREAM_GOALS)
+def test_stock_client_under_load_gets_the_whole_text(client, node):
+    """A stock rclpy ActionClient, the machine loaded: the promise holds for every goal.
+
+    Feedback texts are prefixes of the result's text, and the result's text is the whole
+    answer (the service's, token for token). How often the joined deltas fall short of it
+    (the feedback rclpy dropped after the result) is printed, not asserted.
+    """
+    wait_idle(node)
+    img = image_msg(picture(seed=31))
+    reference = client.describe(PROMPT, image=img, max_new_tokens=12)
+    assert reference.success, reference.message
+    short = 0
+    with busy_loops(2):
+        for i in range(STREAM_GOALS):
+            g = Goal(client, PROMPT, img, max_new_tokens=12).wait(120)
+            assert status_name(g.status) == 'succeeded' and g.result.success, g.result.message
+            assert g.result.description.text == reference.description.text, i
+            check_feedback(g.feedback, g.result)
+            short += ''.join(x.delta for x in g.feedback) != g.result.description.text
+    print(f'\nstock rclpy ActionClient, two busy loops: {STREAM_GOALS} goals, the result\'s '
+          f'text whole in all; joined feedback deltas short of it in {short}')
 
 
 def test_cancel_stops_before_the_next_decode_step(client, node):
@@ -200,7 +259,11 @@ def test_full_queue_refuses_the_goal_with_the_reason(client, node):
     assert not r.success and r.message.startswith('busy')   # one queue for both
     waiting.handle.cancel_goal_async()
     waiting.wait(10)
-    assert status_name(waiting.status) == 'canceled' and not waiting.result.descriptions
+    # cancelled before its first token: one empty description, finish reason cancelled
+    assert status_name(waiting.status) == 'canceled'
+    assert [(d.finish_reason, d.text, d.generated_tokens, d.prompt, d.trigger)
+            for d in waiting.result.descriptions] == [('cancelled', '', 0, PROMPT, 'action')]
+    assert waiting.result.description.finish_reason == 'cancelled'
     running.handle.cancel_goal_async()
     running.wait(10)
     assert status_name(running.status) == 'canceled'
@@ -231,9 +294,7 @@ def test_prompts_share_the_frame_and_answer_in_order(client, node):
         [d.text for d in single[1:]]
     indices = [x.prompt_index for x in g.feedback]
     assert indices == sorted(indices) and set(indices) <= {0, 1}
-    for i in (0, 1):
-        assert ''.join(x.delta for x in g.feedback if x.prompt_index == i) == \
-            g.result.descriptions[i].text
+    check_feedback(g.feedback, g.result)
     # an empty question is refused, by the service and the action alike
     req.prompts = ['Fine?', ' ']
     done, future = client.call_async(client.describe_client, req)
@@ -250,7 +311,19 @@ def test_goal_with_choices_gets_a_typed_answer(client, node):
     g = Goal(client, 'Is it day?', image_msg(picture(seed=30)), 8, choices=['yes', 'no']).wait()
     assert g.result.success, g.result.message
     assert g.result.description.text in ('yes', 'no')
-    assert ''.join(x.delta for x in g.feedback) == g.result.description.text
+    check_feedback(g.feedback, g.result)
+
+
+def test_typed_goal_cut_by_the_budget_is_aborted_with_the_reason(client, node):
+    wait_idle(node)
+    long = ['the cup on the left of the table', 'the cup on the right of the table']
+    g = Goal(client, 'Where?', image_msg(picture(seed=32)), 2, choices=long).wait()
+    assert status_name(g.status) == 'aborted' and not g.result.success
+    assert 'max_new_tokens = 2 was reached (2 tokens used)' in g.result.message, g.result.message
+    d = g.result.description
+    assert d.finish_reason == 'length' and d.generated_tokens == 2 and d.choice_index == -1
+    assert any(c.startswith(d.text) for c in long) and d.text
+    check_feedback(g.feedback, g.result)
 
 
 def test_follow_up_about_a_topic_frame_runs_no_vision(client, node):

@@ -134,6 +134,8 @@ def _annotate(reader, topic, msgtype, conns, pipe, args, out) -> int:
                        else image_to_rgb(msg, bit_depth=args.bit_depth))
                 result = pipe.describe([rgb], args.prompt, options)
                 line = result_dict(result, **line)
+                if result.problem:      # a cut typed answer: not an answer (text kept)
+                    line['error'] = result.problem
             except Exception as e:  # this frame fails (VLMError, or a bug): the rest go on
                 line['error'] = f'{type(e).__name__}: {" ".join(str(e).split())}'
         if 'error' in line:

@@ -41,7 +41,7 @@ def check_combinations(args) -> None:
     ``args``: describe.build_parser()'s namespace. ``--image`` with ``--bag`` is refused by
     annotate_bag itself.
     """
-    from .describe import DEFAULT_PROMPT
+    from ..vlm.prompt import DEFAULT_PROMPT
     given = {
         '--prompt': args.prompt != DEFAULT_PROMPT, '--stream': args.stream,
         '--follow-up': bool(args.follow_up),

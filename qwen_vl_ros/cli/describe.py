@@ -25,12 +25,12 @@ import sys
 from ..image_msg import decode_compressed
 from ..vlm import GenerationOptions, ImageError, Pipeline, VLMError
 from ..vlm.constrain import grammar_for
-from ..vlm.prompt import keep_torch_out
+from ..vlm.prompt import DEFAULT_PROMPT, keep_torch_out
 from ..vlm.runtime import BACKENDS
+from ..vlm.runtime.npu_choice import NPU_PROVIDERS
 from ..vlm.vision import RESIZE_MODES
 from .combinations import UsageError, check_combinations
 
-DEFAULT_PROMPT = 'Describe this image.'
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--backend', choices=BACKENDS, default='auto')
     p.add_argument('--provider', action='append', dest='providers',
                    help='onnxruntime execution provider (repeatable)')
+    p.add_argument('--npu-provider', choices=NPU_PROVIDERS, default='auto',
+                   help="axengine: pyaxengine's provider, the board's NPU "
+                   "(AxEngineExecutionProvider) or an M.2 card (AXCLRTExecutionProvider); "
+                   'auto = as pyaxengine picks')
+    p.add_argument('--npu-device', type=int, default=0,
+                   help='axengine on M.2 cards: the card index (0 = the first)')
     p.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads')
     p.add_argument('--system-prompt', default='', help="system prompt ('' = the template's)")
     p.add_argument('--resize', choices=RESIZE_MODES, default='stretch')
@@ -87,7 +93,8 @@ def load_pipeline(args, progress=None) -> Pipeline:
     """Load the model the shared options name."""
     return Pipeline.load(args.model_dir, args.tokenizer_dir, args.backend, args.providers,
                          threads=args.threads, system_prompt=args.system_prompt,
-                         resize=args.resize, progress=progress)
+                         resize=args.resize, progress=progress,
+                         npu_provider=args.npu_provider, npu_device=args.npu_device)
 
 
 def generation_options(args) -> GenerationOptions:
@@ -124,7 +131,8 @@ def result_dict(result, **extra) -> dict:
                 finish_reason=result.finish_reason,
                 timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
                 tokens_per_second=round(result.tokens_per_second, 3),
-                choice_index=result.choice_index)
+                choice_index=result.choice_index,
+                success=not result.problem, message=result.problem)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_options(args) -> None:
+    """Raise VLMError (OptionsError) for an option value nothing could be served with.
+
+    Called before anything loads, for every way of running (image, --detect, --bag).
+    """
+    from ..vlm.errors import OptionsError
+    generation_options(args).check()
+    if args.threads < 0:
+        raise OptionsError(f'--threads must be >= 0 (0 = onnxruntime default), got '
+                           f'{args.threads}')
+    if args.bit_depth and not 8 <= args.bit_depth <= 16:
+        raise OptionsError(f'--bit-depth: bit_depth must be 0 (auto) or 8..16, got '
+                           f'{args.bit_depth}')
+    if args.every is not None and not args.every >= 0:
+        raise OptionsError(f'--every must be >= 0 (0 = every frame), got {args.every}')
+
+
+def not_an_answer(result) -> int:
+    """Say on stderr why a typed answer is not one (Result.problem); return the exit code 1."""
+    print(f'qwen-vl-describe: error: {result.problem} (partial answer: {result.text!r})',
+          file=sys.stderr, flush=True)
+    return 1
+
+
 def error_line(error: BaseException) -> str:
     """One line for any error: a VLMError's own message; others with their class name."""
     text = ' '.join(str(error).split())
@@ -181,13 +213,15 @@ def detect_main(args) -> int:
         'text': found.text, 'complete': found.complete, 'notes': found.notes,
         **{k: v for k, v in result_dict(found.result).items() if k != 'text'}},
         ensure_ascii=False))
-    return 0
+    return not_an_answer(found.result) if found.result.problem else 0
 
 
 def main(argv=None) -> int:
     """Entry point of qwen-vl-describe: exit 0, or 2 with one ``error:`` line for any failure.
 
-    (``--bag``: 1 when frames were selected but none could be described.)
+    1 when a typed answer (or --detect's box list) was cut by the token budget: it is not an
+    answer (``success: false`` and ``message`` in --json; an ``error:`` line on stderr). With
+    ``--bag``: 1 when frames were selected but none could be described.
     """
     args = build_parser().parse_args(argv)
     try:
@@ -202,6 +236,7 @@ def _run(args) -> int:
     keep_torch_out()
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
     check_combinations(args)       # UsageError: nothing given is ignored silently
+    check_options(args)            # OptionsError: nothing loads for what cannot be served
     if args.bag:
         from .annotate_bag import annotate_bag
         return annotate_bag(args)
@@ -220,6 +255,7 @@ def _run(args) -> int:
         else:
             print(piece, end='', flush=True)
 
+    code = 0
     for prompt in [args.prompt] + args.follow_up:
         result = pipe.describe(frames, prompt, options,
                                on_text=on_text if args.stream else None)
@@ -230,9 +266,11 @@ def _run(args) -> int:
             print(json.dumps(result_dict(result, **extra), ensure_ascii=False), flush=True)
         elif args.stream:
             print(flush=True)
-        else:
+        elif not result.problem:    # a cut typed answer is not printed as if it were one
             print(result.text, flush=True)
-    return 0
+        if result.problem:
+            code = not_an_answer(result)
+    return code
 
 
 if __name__ == '__main__':

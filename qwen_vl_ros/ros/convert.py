@@ -8,7 +8,7 @@ from std_msgs.msg import String
 from ..vlm.constrain import ConstraintError, grammar_for
 from ..vlm.errors import (ImageError, ModelDirError, PromptError, PromptTooLongError,
                           RuntimeFailure, VLMError)
-from .worker import Cancelled, RuntimeHung
+from .worker import Cancelled, NotAnAnswer, RuntimeHung
 
 TIMER = 'timer'
 SERVICE = 'service'
@@ -49,6 +49,17 @@ def description_msg(result, header, prompt: str, trigger: str,
     return msg
 
 
+def unanswered_msg(header, prompt: str, trigger: str, finish_reason: str) -> Description:
+    """Return the Description of a question that ended before its first token (no text)."""
+    msg = Description()
+    msg.header = header
+    msg.prompt = prompt
+    msg.finish_reason = finish_reason
+    msg.trigger = trigger
+    msg.choice_index = -1
+    return msg
+
+
 def text_msg(text: str) -> String:
     return String(data=ros_string(text))
 
@@ -63,6 +74,7 @@ _KINDS = (
     (ModelDirError, 'runtime_errors', 'model error'),
     (VLMError, 'runtime_errors', 'error'),
     (Cancelled, 'cancelled', 'cancelled'),
+    (NotAnAnswer, 'answers_cut', ''),      # its message says what was cut and why
     (RuntimeHung, 'runtime_errors', 'runtime hung'),
 )
 
@@ -71,7 +83,7 @@ def error_kind(error: BaseException) -> tuple[str, str]:
     """(counter name, reason text) for an error a job raised."""
     for cls, counter, prefix in _KINDS:
         if isinstance(error, cls):
-            return counter, f'{prefix}: {one_line(error)}'
+            return counter, f'{prefix}: {one_line(error)}' if prefix else one_line(error)
     return 'internal_errors', f'internal error: {type(error).__name__}: {one_line(error)}'
 
 

@@ -32,11 +32,11 @@ def detections_msg(found: Detections, header):
     """
     arr = Detection2DArray()
     arr.header = header
-    for i, d in enumerate(found.detections):
+    for d in found.detections:
         x1, y1, x2, y2 = d.box
         det = Detection2D()
         det.header = header
-        det.id = str(i)
+        det.id = str(d.index)     # its place in the answer, whatever boxes were dropped
         det.bbox.center.position.x = (x1 + x2) / 2.0
         det.bbox.center.position.y = (y1 + y2) / 2.0
         det.bbox.size_x = float(x2 - x1)
@@ -56,3 +56,4 @@ def unavailable(request, response):
     response.success = False
     response.message = MISSING
     return response
+

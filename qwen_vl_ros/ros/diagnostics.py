@@ -4,16 +4,19 @@ diagnostic_msgs conventions (REP 107 / diagnostic_updater): each DiagnosticStatu
 ``<node>: <concern>``, has a level (OK / WARN / ERROR), a message a person understands and its
 figures as key/value pairs. The concerns:
 
-- ``model``: loading / ready / failed / hung, backend, model directory (key ``state``); a
+- ``model``: loading / ready / failed / hung, backend, what runs the model (key ``runs_on``:
+  pyaxengine's provider and, on an M.2 card, which card), model directory (key ``state``); a
   managed node not active: its lifecycle state and what to do (key ``lifecycle_state``);
-- ``camera``: frames received, refused by reason, newest frame's age (WARN when older than
-  max_image_age_s, or none yet);
+- ``camera`` (with ``cameras``: one ``camera <name>`` per camera): frames received, refused by
+  reason, newest frame's age (WARN when older than max_image_age_s, or none yet);
 - ``inference``: queue depth, busy refusals, errors, last and p95 vision / first-token /
   decode timings and tokens/s;
 - ``timer``: ticks and ticks skipped by reason (WARN when no tick in the last report was
   described for a reason other than "busy").
 
-Every counter is in exactly one status (a reader may merge the statuses of one array).
+Every counter is in exactly one status (a reader may merge the statuses of one array); with
+several cameras each camera status has its own camera counters. COUNTERS is the one table of
+the counters: name, concern, what it counts and, for a skipped timer tick, the reason's words.
 """
 
 from __future__ import annotations
@@ -21,78 +24,121 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One counter: its name, the status it is in, what it counts; a timer skip's words."""
+
+    name: str
+    concern: str       # camera (one status per camera), inference or timer
+    counts: str
+    skip: str = ''     # timer_skipped_*: the reason as the timer status says it
+
+
+# Every counter the node keeps, in the order the statuses list them. Counting a name that is not
+# here raises KeyError: a counter is declared before it is counted.
 COUNTERS = (
-    'frames_received',          # messages on the image topic
-    'descriptions',             # descriptions published
-    'timer_ticks',              # timer callbacks; each ends as one timer_skipped_* or one job
-    'timer_skipped_busy',       # timer ticks while a description was being generated / queued
-    'timer_skipped_no_frame',   # timer ticks without a new frame since the last description
-    'timer_skipped_stale',      # timer ticks whose newest frame was older than max_image_age_s
-    'timer_skipped_loading',    # timer ticks before the model was ready
-    'timer_skipped_video_filling',  # video mode: ticks with a new frame but < video_frames kept
-    'timer_skipped_hung',       # timer ticks while the runtime was hung (health.py)
-    'busy_replies',             # ~/describe answered "busy" (queue full)
-    'stale_refused',            # ~/describe refused a frame older than max_image_age_s
-    'image_errors',             # frames that could not be converted (topic or request)
-    'prompt_errors',            # prompts too long for the compiled prefill
-    'runtime_errors',           # the runtime failed while generating
-    'internal_errors',          # anything else (a bug: the log has the traceback)
-    'cancelled',                # jobs dropped or cut short (time-out, shut-down)
-    'frames_lost',              # image messages the middleware reported lost (MESSAGE_LOST)
-    'qos_incompatible',         # image publishers whose QoS cannot match the subscription
-    'timer_skipped_not_active',  # timer ticks as the node stopped serving (deactivate, shut-down)
+    Counter('frames_received', 'camera', 'messages on the image topic'),
+    Counter('image_errors', 'camera', 'frames that could not be converted (topic or request)'),
+    Counter('stale_refused', 'camera', 'requests refused a frame older than max_image_age_s'),
+    Counter('frames_lost', 'camera', 'image messages the middleware reported lost'),
+    Counter('qos_incompatible', 'camera',
+            'image publishers whose QoS cannot match the subscription'),
+    Counter('descriptions', 'inference', 'descriptions published'),
+    Counter('detections', 'inference', 'detection arrays published (~/detections)'),
+    Counter('annotated_images', 'inference', 'annotated images published (while subscribed)'),
+    Counter('busy_replies', 'inference', 'requests answered "busy" (queue full)'),
+    Counter('request_errors', 'inference', 'requests refused as malformed (bad constraint)'),
+    Counter('prompt_errors', 'inference', 'prompts too long for the compiled prefill'),
+    Counter('runtime_errors', 'inference', 'the runtime failed while generating'),
+    Counter('internal_errors', 'inference', 'anything else (a bug: the log has the traceback)'),
+    Counter('cancelled', 'inference', 'jobs dropped or cut short (time-out, shut-down)'),
+    Counter('answers_cut', 'inference',
+            'typed answers (and box lists) the token budget cut: not sent'),
+    Counter('timer_ticks', 'timer',
+            'timer callbacks; each ends as one timer_skipped_* or one job'),
+    Counter('timer_skipped_busy', 'timer', 'ticks while a description was generated or queued',
+            'busy'),
+    Counter('timer_skipped_no_frame', 'timer', 'ticks without a new frame since the last one',
+            'no new frame'),
+    Counter('timer_skipped_stale', 'timer', 'ticks whose newest frame was too old', 'stale frame'),
+    Counter('timer_skipped_loading', 'timer', 'ticks before the model was ready', 'model loading'),
+    Counter('timer_skipped_video_filling', 'timer',
+            'video mode: ticks with a new frame but fewer than video_frames kept',
+            'video still filling'),
+    Counter('timer_skipped_hung', 'timer', 'ticks while the runtime was hung', 'runtime hung'),
+    Counter('timer_skipped_not_active', 'timer',
+            'ticks as the node stopped serving (deactivate, shut-down)', 'not active'),
+    Counter('timer_skipped_no_detect', 'timer',
+            'mode detect: ticks without labels or without vision_msgs', 'cannot detect'),
 )
+COUNTER_BY_NAME = {c.name: c for c in COUNTERS}
+CAMERA = tuple(c.name for c in COUNTERS if c.concern == 'camera')
 # Counted like errors for the status level: frames that never reached the node.
 LOSSES = ('frames_lost', 'qos_incompatible')
-ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors')
-CAMERA = ('frames_received', 'image_errors', 'stale_refused') + LOSSES
+ERRORS = ('image_errors', 'prompt_errors', 'runtime_errors', 'internal_errors', 'answers_cut')
 TIMINGS = ('vision_ms', 'time_to_first_token_ms', 'decode_ms', 'tokens_per_second')
 TIMING_WINDOW = 100     # descriptions the p95 figures are taken over
 
 
 def concern_of(counter: str) -> str:
-    """Return the status a counter is reported in: camera, timer or inference."""
-    if counter.startswith('timer_'):
-        return 'timer'
-    if counter in CAMERA or counter.startswith(('frames_', 'messages_')):
-        return 'camera'
-    return 'inference'
+    """Return the status a counter is reported in: camera, timer or inference (KeyError)."""
+    return COUNTER_BY_NAME[counter].concern
+
+
+def camera_status(camera: str) -> str:
+    """Return the concern of a camera's status: 'camera' (the unnamed one), 'camera <name>'."""
+    return f'camera {camera}' if camera else 'camera'
 
 
 class Counters:
-    """Thread-safe counters, the last problem, and the timings of recent descriptions."""
+    """Thread-safe counters, the last problem, and the timings of recent descriptions.
 
-    def __init__(self):
+    Camera counters (concern camera) are kept per camera: ``camera`` names it ('' = the unnamed
+    one); the other counters are the node's.
+    """
+
+    def __init__(self, cameras=('',)):
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTERS, 0)
+        self._values = {c.name: 0 for c in COUNTERS if c.concern != 'camera'}
+        self._cameras = {cam: dict.fromkeys(CAMERA, 0) for cam in cameras}
         self.last_problem = ''
         self._timings = collections.deque(maxlen=TIMING_WINDOW)
 
-    def inc(self, name: str, problem: str = '') -> int:
+    def _slot(self, name: str, camera: str) -> dict:
+        return self._cameras[camera] if concern_of(name) == 'camera' else self._values
+
+    def inc(self, name: str, problem: str = '', camera: str = '') -> int:
+        return self.add(name, 1, problem, camera)
+
+    def add(self, name: str, n: int, problem: str = '', camera: str = '') -> int:
+        """Add ``n`` to a counter (e.g. frames lost, reported in batches); the new value."""
         with self._lock:
-            self._values[name] = self._values.get(name, 0) + 1
+            slot = self._slot(name, camera)
+            slot[name] += int(n)
             if problem:
                 self.last_problem = problem
-            return self._values[name]
+            return slot[name]
 
-    def add(self, name: str, n: int, problem: str = '') -> int:
-        """Add ``n`` to a counter (e.g. frames lost, reported in batches)."""
+    def snapshot(self, camera: str | None = None) -> dict:
+        """Return the node's counters and one camera's (None: every camera's summed)."""
         with self._lock:
-            self._values[name] = self._values.get(name, 0) + int(n)
-            if problem:
-                self.last_problem = problem
-            return self._values[name]
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return dict(self._values)
+            out = dict(self._values)
+            if camera is not None:
+                out.update(self._cameras[camera])
+            else:
+                for values in self._cameras.values():
+                    for k, v in values.items():
+                        out[k] = out.get(k, 0) + v
+            return out
 
     def record(self, description) -> None:
         """Keep the timings of a published qwen_vl_interfaces/msg/Description."""
@@ -119,22 +165,31 @@ class Counters:
 
 
 @dataclass
+class CameraHealth:
+    """One camera at one moment (filled by the node)."""
+
+    name: str                    # '' = the unnamed camera
+    image_topic: str
+    newest_frame_age_s: float | None = None
+    max_image_age_s: float = 0.0
+    period_s: float = 0.0
+
+
+@dataclass
 class NodeHealth:
-    """What the node knows besides its counters, at one moment (filled by node.py)."""
+    """What the node knows besides its counters, at one moment (filled by the node)."""
 
     state: str                   # loading | ready | failed | hung | stopped
     backend: str                 # the runtime in use (or the backend parameter before loading)
     model_dir: str
     problem: str = ''            # failed: the load error; hung: the hang's reason
     exit_in_s: float | None = None   # hung: seconds until the process exits
-    image_topic: str = ''
-    newest_frame_age_s: float | None = None
-    max_image_age_s: float = 0.0
+    cameras: list = field(default_factory=list)    # CameraHealth, in the order of ``cameras``
     pending: int = 0
     queue_size: int = 0
-    period_s: float = 0.0
     not_serving: str = ''        # why every request is refused now (managed: not active)
     lifecycle: str = ''          # a managed node's lifecycle state ('' = unmanaged)
+    runs_on: str = ''            # ready: the provider (and M.2 card) running the model
 
 
 class Reporter:
@@ -142,39 +197,55 @@ class Reporter:
 
     def __init__(self, counters: Counters):
         self.counters = counters
-        self._prev = counters.snapshot()
+        self._prev: dict = {}
         self._prev_t = time.monotonic()
         self._state, self._state_since = 'loading', self._prev_t
 
+    def _new(self, key, values: dict) -> dict:
+        prev = self._prev.get(key, {})
+        self._prev[key] = values
+        return {k: v - prev.get(k, 0) for k, v in values.items()}
+
     def report(self, name: str, h: NodeHealth, stamp) -> DiagnosticArray:
         values = self.counters.snapshot()
-        new = {k: v - self._prev.get(k, 0) for k, v in values.items()}
+        new = self._new(None, values)
         now = time.monotonic()
         span = max(1e-3, now - self._prev_t)
-        self._prev, self._prev_t = values, now
+        self._prev_t = now
         if h.state != self._state:
             self._state, self._state_since = h.state, now
         state_for_s = now - self._state_since
-        groups = {c: {} for c in ('camera', 'inference', 'timer')}
+        groups = {c: {} for c in ('inference', 'timer')}
         for k, v in values.items():
-            groups[concern_of(k)][k] = v
+            if concern_of(k) != 'camera':
+                groups[concern_of(k)][k] = v
+        cameras = []
+        for cam in h.cameras:
+            mine = self.counters.snapshot(cam.name)
+            cameras.append(_status(
+                f'{name}: {camera_status(cam.name)}', cam.image_topic,
+                *_camera(h, cam, self._new(cam.name, mine), span, mine),
+                {**{k: mine[k] for k in CAMERA}, 'image_topic': cam.image_topic,
+                 'newest_frame_age_s': _fmt(cam.newest_frame_age_s),
+                 'max_image_age_s': f'{cam.max_image_age_s:g}'}))
+        periods = {c.name: c.period_s for c in h.cameras}
         arr = DiagnosticArray()
         arr.header.stamp = stamp
         arr.status = [
             _status(f'{name}: model', h.backend, *_model(h, state_for_s),
-                    {'state': h.state, 'backend': h.backend, 'model_dir': h.model_dir,
+                    {'state': h.state, 'backend': h.backend, 'runs_on': h.runs_on,
+                     'model_dir': h.model_dir,
                      'state_for_s': f'{state_for_s:.1f}',
                      **({'lifecycle_state': h.lifecycle} if h.lifecycle else {})}),
-            _status(f'{name}: camera', h.image_topic, *_camera(h, new, span, values),
-                    {**groups['camera'], 'image_topic': h.image_topic,
-                     'newest_frame_age_s': _fmt(h.newest_frame_age_s),
-                     'max_image_age_s': f'{h.max_image_age_s:g}'}),
+            *cameras,
             _status(f'{name}: inference', h.backend, *_inference(h, new, self.counters),
                     {**groups['inference'], 'pending_requests': h.pending,
                      'queue_size': h.queue_size,
                      **{k: f'{v:.1f}' for k, v in self.counters.timings().items()}}),
-            _status(f'{name}: timer', '', *_timer(h, new, span), {
-                **groups['timer'], 'period_s': f'{h.period_s:g}'}),
+            _status(f'{name}: timer', '', *_timer(h, new, span, periods), {
+                **groups['timer'], **{
+                    (f'{cam}.period_s' if cam else 'period_s'): f'{s:g}'
+                    for cam, s in periods.items()}}),
         ]
         return arr
 
@@ -192,7 +263,8 @@ def _status(name, hardware_id, level, message, values: dict) -> DiagnosticStatus
 
 def _model(h: NodeHealth, state_for_s: float) -> tuple:
     if h.state == 'ready':
-        return OK, f'ready: {h.backend}, model {h.model_dir}'
+        on = f' on {h.runs_on}' if h.runs_on else ''
+        return OK, f'ready: {h.backend}{on}, model {h.model_dir}'
     if h.state == 'loading':
         return WARN, (f'loading {h.model_dir} ({state_for_s:.0f} s so far); requests are '
                       'refused until it is ready')
@@ -205,9 +277,9 @@ def _model(h: NodeHealth, state_for_s: float) -> tuple:
     return WARN, h.not_serving or h.state
 
 
-def _camera(h: NodeHealth, new: dict, span: float, values: dict) -> tuple:
-    topic = h.image_topic
-    age = h.newest_frame_age_s
+def _camera(h: NodeHealth, cam: CameraHealth, new: dict, span: float, values: dict) -> tuple:
+    topic = cam.image_topic
+    age = cam.newest_frame_age_s
     lost, mismatched = new.get('frames_lost', 0), new.get('qos_incompatible', 0)
     if lost or mismatched:
         return WARN, (f'{lost} frame(s) lost by the middleware and {mismatched} publisher(s) '
@@ -218,9 +290,9 @@ def _camera(h: NodeHealth, new: dict, span: float, values: dict) -> tuple:
         return WARN, f'not subscribed to {topic}: {h.not_serving}'
     if age is None:
         return WARN, f'no frame received on {topic} yet'
-    if h.max_image_age_s > 0 and age > h.max_image_age_s:
+    if cam.max_image_age_s > 0 and age > cam.max_image_age_s:
         return WARN, (f'the newest frame on {topic} is {age:.1f} s old (max_image_age_s '
-                      f'{h.max_image_age_s:g}): is the camera still publishing, and is its '
+                      f'{cam.max_image_age_s:g}): is the camera still publishing, and is its '
                       'clock right?')
     bad = new.get('image_errors', 0)
     if bad:
@@ -253,22 +325,18 @@ def _inference(h: NodeHealth, new: dict, counters: Counters) -> tuple:
     return OK, doing + figures
 
 
-_SKIP_REASONS = {'timer_skipped_no_frame': 'no new frame', 'timer_skipped_stale': 'stale frame',
-                 'timer_skipped_loading': 'model loading',
-                 'timer_skipped_video_filling': 'video still filling',
-                 'timer_skipped_hung': 'runtime hung', 'timer_skipped_busy': 'busy',
-                 'timer_skipped_not_active': 'not active'}
-
-
-def _timer(h: NodeHealth, new: dict, span: float) -> tuple:
-    if h.period_s <= 0:
+def _timer(h: NodeHealth, new: dict, span: float, periods: dict) -> tuple:
+    on = {cam: s for cam, s in periods.items() if s > 0}
+    if not on:
         return OK, 'off (period_s is 0: service only)'
     if h.not_serving:
         return OK, f'no ticks: {h.not_serving}'
     ticks = new.get('timer_ticks', 0)
     skipped = {k: v for k, v in new.items() if k.startswith('timer_skipped_') and v}
-    why = ', '.join(f'{_SKIP_REASONS.get(k, k)} {v}' for k, v in skipped.items())
+    why = ', '.join(f'{COUNTER_BY_NAME[k].skip} {v}' for k, v in skipped.items())
     if ticks and sum(skipped.values()) >= ticks and not new.get('timer_skipped_busy'):
         return WARN, f'no tick described in the last {span:.0f} s: {ticks} skipped ({why})'
-    return OK, f'every {h.period_s:g} s: {ticks} tick(s) in the last {span:.0f} s' + (
+    every = ', '.join(f'{cam} every {s:g} s' if cam else f'every {s:g} s'
+                      for cam, s in on.items())
+    return OK, f'{every}: {ticks} tick(s) in the last {span:.0f} s' + (
         f', skipped: {why}' if why else '')

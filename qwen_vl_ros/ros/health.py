@@ -65,6 +65,8 @@ class HangWatchdog:
 
     def _main(self) -> None:
         while not self._stop.wait(self._poll_s):
+            if self._worker is None:      # a managed node before its first configure
+                continue
             timeout_s, exit_s = self._limits()
             if self.hung_since is None:
                 stalled = self._worker.stalled_for()

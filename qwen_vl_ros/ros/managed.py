@@ -7,8 +7,8 @@
   and ~/describe_stream (they answer "not active" until activate); a failure leaves the node
   unconfigured, logs the reason and reports it on /diagnostics (model: failed, ERROR);
   configure may be tried again, e.g. after the model directory is fixed;
-- activate: the image subscription and the timer (DescribeNode._create_interfaces()): the
-  node serves exactly as the unmanaged one;
+- activate: the image subscriptions and the timers (Serving.activate): the node serves
+  exactly as the unmanaged one;
 - deactivate: the subscription and the timer are destroyed and the inference worker stopped
   (a running generation is cancelled: the NPU is free for other work);
 - cleanup: the model is released (runtime sessions, memory-mapped embedding table), the
@@ -19,6 +19,9 @@ Whenever the node is not active, every entry point that exists (~/describe, ~/de
 gives one reason, naming the state and what to do (``not_active_reason``), e.g.
 "not active (state inactive): activate it with `ros2 lifecycle set /qwen_vl activate`".
 After SIGINT / SIGTERM it is "shutting down", as in the unmanaged node.
+
+Composed, not inherited: the node has the same Housekeeping as describe_node for its whole
+life, and a serving.Serving from configure to cleanup (None while unconfigured).
 
 The state machine is rclpy's LifecycleNode (Humble and later), driven by `ros2 lifecycle set`
 or launch_ros' lifecycle events (launch/describe_managed.launch.py). A second executable rather
@@ -36,10 +39,11 @@ import time
 
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+from . import process
 from .convert import one_line
-from .frames import FrameStore
-from .node import DescribeNode, _max_gap_s
-from .node import main as _node_main
+from .housekeeping import Housekeeping
+from .process import NODE_NAME
+from .serving import Serving, executor_threads
 
 # Seconds between the shutdown transition's answer and the process's exit.
 EXIT_DELAY_S = 0.5
@@ -71,51 +75,81 @@ def not_active_reason(state: str, node: str) -> str:
     return f'not active (state {state}): {what}'
 
 
-class ManagedDescribeNode(DescribeNode, LifecycleNode):
-    """DescribeNode whose services exist from configure to cleanup, serving only while active."""
-
-    managed = True
+class ManagedDescribeNode(LifecycleNode):
+    """A qwen_vl node whose Serving exists from configure to cleanup, serving only while active."""
 
     def __init__(self):
-        super().__init__()          # DescribeNode, then LifecycleNode (cooperative MRO)
+        super().__init__(NODE_NAME)
+        self.serving: Serving | None = None
+        self.house = Housekeeping(self)     # ValueError: bad parameters
         self._lifecycle = 'unconfigured'    # lifecycle_msgs state label, transitions included
         self._pipeline = None
-        self._load_s = 0.0
         self._configure_error: BaseException | None = None   # the last configure's failure
-        self._serving: set = set()  # entities _create_interfaces() made, destroyed on cleanup
 
     @property
-    def state(self) -> str:
+    def settings(self):
+        return self.house.settings
+
+    @property
+    def counters(self):
+        return self.house.counters
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.house.exit_code
+
+    @property
+    def worker(self):
+        """The inference worker (None while unconfigured)."""
+        return self.serving.worker if self.serving is not None else None
+
+    @property
+    def _stream(self):
+        return self.serving.stream if self.serving is not None else None
+
+    @property
+    def executor_threads(self) -> int:
+        return executor_threads(self.settings)
+
+    # -- what Housekeeping asks ---------------------------------------------------------------
+    def model_state(self) -> str:
         """Return the model's state for /diagnostics.
 
         The worker's when active; else loading (while configuring), failed (unconfigured after
         a failed configure) or the lifecycle state.
         """
-        if self._lifecycle == 'active':
-            return self.worker.state
+        if self._lifecycle == 'active' and self.serving is not None:
+            return self.serving.worker.state
         if self._lifecycle == 'configuring':
             return 'loading'
         if self._lifecycle == 'unconfigured' and self._configure_error is not None:
             return 'failed'
         return self._lifecycle
 
-    def _not_serving(self) -> str | None:
-        why = super()._not_serving()
-        if why or self._lifecycle == 'active':
-            return why
-        return not_active_reason(self._lifecycle, self._diag_name)
+    state = property(model_state)
 
-    def _load_error(self) -> BaseException | None:
-        return self._configure_error
+    def not_serving(self) -> str | None:
+        if self.house.closing.is_set():
+            return 'shutting down'
+        if self._lifecycle == 'active':
+            return None
+        return not_active_reason(self._lifecycle, self.house.full_name)
 
-    def _lifecycle_state(self) -> str:
+    def lifecycle_state(self) -> str:
         return self._lifecycle
 
+    def load_error(self) -> BaseException | None:
+        return self._configure_error
+
     def start(self) -> None:
-        self.watchdog.start()
+        self.house.watchdog.start()
         self.get_logger().info(
             f'unconfigured: managed node, waiting for configure (ros2 lifecycle set '
-            f'{self._diag_name} configure)')
+            f'{self.house.full_name} configure)')
+
+    def close(self, timeout: float = 1.0) -> bool:
+        """Stop the worker (cancels the running generation); True when its thread has ended."""
+        return self.house.close(self.worker, timeout)
 
     # -- transitions (called by rclpy's state machine on an executor thread) ----------------
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -133,28 +167,27 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
                 f'configure failed, still unconfigured: cannot load the model from '
                 f'{s.model_dir!r}: {type(e).__name__}: {one_line(e)}')
             return TransitionCallbackReturn.FAILURE
-        self._load_s = time.monotonic() - t0
-        # services, action and publishers (self.active is False: no subscription, no timer);
-        # until activate they answer "not active (state inactive)"
-        self._make_interfaces()
+        load_s = time.monotonic() - t0
+        # publishers, services and action; until activate they answer "not active (state
+        # inactive)"; each activate's worker takes the model loaded here (held by this node
+        # only: cleanup drops it)
+        self.serving = Serving(self, self.house, lambda: self._pipeline, load_seconds=load_s)
         self._lifecycle = 'inactive'
-        self.get_logger().info(f'configured: model loaded in {self._load_s:.1f} s; inactive '
+        self.get_logger().info(f'configured: model loaded in {load_s:.1f} s; inactive '
                                f'until activate')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self._lifecycle = 'activating'
-        pipeline = self._pipeline
-        self._use_worker(self._new_worker(lambda: pipeline))
-        self.worker.start()          # "ready: ..." once the worker holds the loaded model
-        self.active = True
-        self._make_interfaces()      # image subscription and timer
+        self.serving.activate()      # image subscriptions and timers
+        self.serving.start()         # "ready: ..." once the worker holds the loaded model
         self._lifecycle = 'active'
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._lifecycle = 'deactivating'
-        self._pause()
+        self.serving.deactivate()
+        self._lifecycle = 'inactive'
         self.get_logger().info('deactivated: not subscribed, no timer; requests get "not '
                                'active (state inactive)"')
         return super().on_deactivate(state)
@@ -167,7 +200,6 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
         self._lifecycle = 'shuttingdown'
-        self._pause()
         self._unload()
         self._lifecycle = 'finalized'
         self.get_logger().info('shut down (finalized): exiting')
@@ -177,22 +209,12 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
 
     def on_error(self, state) -> TransitionCallbackReturn:
         self._lifecycle = 'errorprocessing'
-        self._pause()
         self._unload()
         return TransitionCallbackReturn.SUCCESS    # back to unconfigured
 
-    def _on_loaded(self, pipeline, seconds: float) -> None:
-        super()._on_loaded(pipeline, self._load_s)   # the load was configure's, not this
-
     # -- helpers ------------------------------------------------------------------------------
-    def _make_interfaces(self) -> None:
-        """DescribeNode._create_interfaces(), its new entities kept to destroy later."""
-        before = _entities(self)
-        self._create_interfaces()
-        self._serving |= _entities(self) - before
-
     def _load_interruptible(self):
-        """Run DescribeNode._load on a daemon thread; give up (RuntimeError) on shut-down.
+        """Run Housekeeping.load on a daemon thread; give up (RuntimeError) on shut-down.
 
         A model load cannot be interrupted: waiting on a daemon thread lets SIGINT end the
         process during a long load instead of waiting for it.
@@ -201,7 +223,7 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
 
         def load():
             try:
-                result['pipeline'] = self._load()
+                result['pipeline'] = self.house.load()
             except BaseException as e:  # noqa: BLE001 - reported by the waiting thread
                 result['error'] = e
 
@@ -215,62 +237,17 @@ class ManagedDescribeNode(DescribeNode, LifecycleNode):
             raise result['error']
         return result['pipeline']
 
-    def _pause(self) -> None:
-        """Stop serving: destroy subscriptions and timers, stop the worker, forget frames."""
-        self.active = False
-        self._set_period(self.settings.period_s)   # inactive: destroys the timer
-        for entity in [e for e in self._serving if _kind(self, e) in ('subscription', 'timer')]:
-            _destroy(self, entity)
-            self._serving.discard(entity)
-        self._image_sub = None
-        self.worker.stop(timeout=1.0)
-        s = self.settings
-        self.frames = FrameStore(s.image_transport == 'compressed', s.video_frames,
-                                 s.video_interval_s, _max_gap_s(s))
-        if self._lifecycle in ('active', 'deactivating'):
-            self._lifecycle = 'inactive'
-
     def _unload(self) -> None:
-        """Destroy the remaining serving interfaces and release the model."""
-        for entity in list(self._serving):
-            _destroy(self, entity)
-        self._serving.clear()
-        self._service = None
-        self.worker.stop(timeout=1.0)
-        # a fresh (never started) worker holds no pipeline; the old one's reference goes
-        self._use_worker(self._new_worker(self._load))
+        """Destroy the Serving (subscriptions, timers, worker, services, ...), drop the model."""
+        if self.serving is not None:
+            self.serving.destroy()
+            self.serving = None
         self._pipeline = None
         gc.collect()
         self._lifecycle = 'unconfigured'
 
-    def _use_worker(self, worker) -> None:
-        self.worker = worker
-        self.watchdog.watch(worker)
-
     def _finish(self) -> None:
-        self.exit_code = 0
-
-
-def _entities(node) -> set:
-    """Every publisher, subscription, service, timer and waitable (action server) of node."""
-    return (set(node.publishers) | set(node.subscriptions) | set(node.services)
-            | set(node.timers) | set(node.waitables))
-
-
-def _kind(node, entity) -> str:
-    for kind in ('publisher', 'subscription', 'service', 'timer'):
-        if entity in list(getattr(node, kind + 's')):
-            return kind
-    return 'waitable'
-
-
-def _destroy(node, entity) -> None:
-    """Destroy one entity with the node method of its kind (waitables destroy themselves)."""
-    kind = _kind(node, entity)
-    if kind == 'waitable':
-        entity.destroy()
-    else:
-        getattr(node, f'destroy_{kind}')(entity)
+        self.house.exit_code = 0
 
 
 def main(args=None) -> int:
@@ -278,7 +255,7 @@ def main(args=None) -> int:
 
     Starts unconfigured; 0 after the shutdown transition, SIGINT or SIGTERM.
     """
-    return _node_main(args, ManagedDescribeNode)
+    return process.main(args, ManagedDescribeNode)
 
 
 if __name__ == '__main__':

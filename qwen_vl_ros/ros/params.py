@@ -15,6 +15,8 @@ filter; top_p 1.0 = no nucleus filter; repetition_penalty 1.0 = no penalty.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -22,10 +24,11 @@ from rclpy.parameter import Parameter
 
 from ..vlm import GenerationOptions
 from ..vlm.constrain import ConstraintError, grammar_for
+from ..vlm.prompt import DEFAULT_PROMPT
 from ..vlm.runtime import BACKENDS
+from ..vlm.runtime.npu_choice import NPU_PROVIDERS
 from ..vlm.vision import RESIZE_MODES
 
-DEFAULT_PROMPT = 'Describe this image.'
 MODES = ('describe', 'detect')
 STRING_ARRAY = ()   # default of a string-array parameter: declared by type, () when unset
 TRANSPORTS = ('raw', 'compressed')
@@ -69,6 +72,8 @@ class Spec:
             return 'prompt must not be empty'
         if self.name == 'bit_depth' and 0 < value < 8:
             return 'bit_depth must be 0 (auto) or 8..16'
+        if self.name == 'cameras':
+            return check_cameras(value)
         if self.name == 'video_frames' and value == 1:
             return 'video_frames must be 0 (image mode) or at least 2 (frames of one video)'
         if self.name in ('choices', 'json_schema', 'regex'):
@@ -80,6 +85,12 @@ class Spec:
 
 
 SPECS = (
+    Spec('cameras', STRING_ARRAY,
+         'Cameras served by this one node (one model, one worker): for each name <c> the '
+         'subscription <c>/image (or <c>/image/compressed), the outputs ~/<c>/description, '
+         '~/<c>/description/stamped, ~/<c>/detections, ~/<c>/annotated_image and its own '
+         '<c>.period_s, <c>.prompt, ... (unset = the node-wide value); requests name the camera. '
+         'Unset = one camera with the names image, ~/description, ...', read_only=True),
     Spec('model_dir', '',
          'Model directory: AXERA axmodel demo / released layout, or ONNX stand-ins written by '
          'qwen-vl-export. Required.', read_only=True),
@@ -90,6 +101,16 @@ SPECS = (
          'Inference runtime: auto (axengine when it imports and the models are .axmodel, else '
          'onnxruntime), axengine (AX650N NPU) or onnxruntime (ONNX stand-ins on the CPU).',
          read_only=True, choices=BACKENDS),
+    Spec('npu_provider', 'auto',
+         "axengine: pyaxengine's execution provider: auto (as pyaxengine picks: an M.2 card's "
+         'AXCLRTExecutionProvider when /dev/axcl_host exists or libaxcl_rt is the only NPU '
+         "runtime, else the board's AxEngineExecutionProvider), AxEngineExecutionProvider (the "
+         'AX650N board) or AXCLRTExecutionProvider (an AX650N M.2 card on a host computer).',
+         read_only=True, choices=NPU_PROVIDERS),
+    Spec('npu_device', 0,
+         'axengine on M.2 cards: index of the card that runs the model (0 = the first; a host '
+         'may have several). Ignored by the board and by onnxruntime.',
+         read_only=True, range=(0, 255)),
     Spec('threads', 0,
          'onnxruntime intra-op threads per session; 0 = onnxruntime default. Ignored by axengine.',
          read_only=True, range=(0, 256)),
@@ -134,8 +155,9 @@ SPECS = (
          "Repetition penalty: <= 0 = the model's generation_config.json; 1.0 = none.",
          range=(-1.0, 100.0)),
     Spec('max_image_age_s', 5.0,
-         'Refuse frames whose header stamp is older than this (node clock, so use_sim_time '
-         'works for bags); 0 = no limit. A zero stamp counts from when the frame arrived.',
+         'Refuse topic frames whose header stamp is older than this (node clock, so '
+         'use_sim_time works for bags); 0 = no limit. A zero stamp counts from when the frame '
+         'arrived. A request\'s own image is described whatever its stamp.',
          range=(0.0, 86400.0)),
     Spec('max_pixels', 3840 * 2160,
          'Refuse frames with more pixels than this (width x height) before converting them; '
@@ -200,45 +222,42 @@ SPECS = (
 
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
+# What one camera of ``cameras`` may set for itself, as <camera>.<name>; unset = the node-wide
+# parameter of that name (at run time too: a camera follows the node-wide prompt until its own
+# is set).
+PER_CAMERA = ('image_transport', 'image_reliability', 'period_s', 'prompt', 'mode', 'labels',
+              'choices', 'json_schema', 'regex')
+# A camera name is one ROS name token: it becomes <name>/image and ~/<name>/description.
+CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*\Z')
+_TYPES = {str: Parameter.Type.STRING, float: Parameter.Type.DOUBLE, int: Parameter.Type.INTEGER,
+          tuple: Parameter.Type.STRING_ARRAY}
 
-@dataclass(frozen=True)
-class Settings:
-    """A snapshot of the parameter values (attribute per parameter)."""
 
-    model_dir: str
-    tokenizer_dir: str
-    backend: str
-    threads: int
-    system_prompt: str
-    resize: str
-    prompt: str
-    period_s: float
-    video_frames: int
-    video_interval_s: float
-    max_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    repetition_penalty: float
-    max_image_age_s: float
-    max_pixels: int
-    image_transport: str
-    image_reliability: str
-    queue_size: int
-    request_timeout_s: float
-    hang_timeout_s: float = 30.0
-    hang_exit_s: float = 10.0
-    bit_depth: int = 0
-    mode: str = 'describe'
-    labels: tuple = ()
-    choices: tuple = ()
-    json_schema: str = ''
-    regex: str = ''
-    vision_cache_frames: int = 2
+class _SettingsMethods:
+    """What a Settings snapshot can do besides holding the values (Settings: below)."""
 
-    def replace(self, **changes) -> Settings:
+    def replace(self, **changes):
         """Return a copy with some values changed."""
-        return Settings(**{**self.__dict__, **changes})
+        return dataclasses.replace(self, **changes)
+
+    def changed(self, changes: dict):
+        """Return a copy with ``changes`` (check_changes' names) applied, per-camera ones too."""
+        plain = {k: v for k, v in changes.items() if '.' not in k}
+        per_camera = {cam: dict(values) for cam, values in self.per_camera.items()}
+        for name, value in changes.items():
+            if '.' in name:
+                cam, key = name.split('.', 1)
+                per_camera.setdefault(cam, {})[key] = value
+        return self.replace(**plain, per_camera=per_camera)
+
+    def camera(self, name: str):
+        """Return the settings one camera works with: its own values over the node-wide ones."""
+        return self.replace(**self.per_camera.get(name, {}))
+
+    @property
+    def camera_names(self) -> tuple:
+        """The cameras, in order; ('',) = one unnamed camera (every name as without cameras)."""
+        return self.cameras or ('',)
 
     def generation_options(self, max_new_tokens: int = 0) -> GenerationOptions:
         """GenerationOptions of these settings; sentinels become None (= generation_config)."""
@@ -255,8 +274,23 @@ class Settings:
             regex=self.regex or None)
 
 
+# A snapshot of the parameter values: one attribute per row of SPECS (built from the table, so
+# a new parameter is one Spec), plus ``per_camera`` {camera: {name: value}} of the values a
+# camera set for itself.
+Settings = dataclasses.make_dataclass(
+    'Settings',
+    [(s.name, type(s.default), dataclasses.field(default=s.default)) for s in SPECS]
+    + [('per_camera', dict, dataclasses.field(default_factory=dict))],
+    bases=(_SettingsMethods,), frozen=True)
+Settings.__module__ = __name__
+
+
 def declare(node) -> Settings:
-    """Declare every parameter on ``node``; return the values (ValueError if one is bad)."""
+    """Declare every parameter on ``node``; return the values (ValueError if one is bad).
+
+    Per camera of ``cameras``: <camera>.<name> for each of PER_CAMERA, declared by type only
+    (unset = the node-wide value).
+    """
     values = {}
     for spec in SPECS:
         if isinstance(spec.default, tuple):
@@ -269,24 +303,54 @@ def declare(node) -> Settings:
     problems = [p for p in (SPEC_BY_NAME[k].check(v) for k, v in values.items()) if p]
     if not values['model_dir']:
         problems.append('model_dir is not set (give -p model_dir:=DIR or a params file)')
+    per_camera: dict = {}
+    for cam in values['cameras'] if not check_cameras(values['cameras']) else ():
+        for key in PER_CAMERA:
+            spec = SPEC_BY_NAME[key]
+            d = spec.descriptor()
+            d.description = (f'camera {cam}: {key} of this camera; unset = the node-wide '
+                             f'{key}. ' + spec.description)
+            value = node.declare_parameter(f'{cam}.{key}', _TYPES[type(spec.default)], d).value
+            if value is None:
+                continue
+            value = strings(value) if isinstance(spec.default, tuple) else value
+            problem = spec.check(value)
+            if problem:
+                problems.append(f'{cam}.{problem}')
+            per_camera.setdefault(cam, {})[key] = value
     if problems:
         raise ValueError('; '.join(problems))
-    return Settings(**values)
+    return Settings(**values, per_camera=per_camera)
 
 
 def check_changes(params) -> tuple[dict, str | None]:
-    """Validate rclpy Parameters being set: return ({name: value}, None) or ({}, reason)."""
+    """Validate rclpy Parameters being set: return ({name: value}, None) or ({}, reason).
+
+    A per-camera name (front.prompt) is checked as its node-wide parameter is.
+    """
     changes = {}
     for p in params:
-        spec = SPEC_BY_NAME.get(p.name)
+        cam, _, key = p.name.rpartition('.')
+        spec = SPEC_BY_NAME.get(key) if (not cam or key in PER_CAMERA) else None
         if spec is None:
             continue  # e.g. use_sim_time: rclpy handles it
         value = strings(p.value) if isinstance(spec.default, tuple) else p.value
         problem = spec.check(value)
         if problem:
-            return {}, problem
+            return {}, f'{cam}.{problem}' if cam else problem
         changes[p.name] = value
     return changes, None
+
+
+def check_cameras(names) -> str | None:
+    """Return why the parameter ``cameras`` is not allowed, or None."""
+    for name in names:
+        if not CAMERA_NAME.match(name):
+            return (f'cameras: {name!r} is not a camera name (a letter, then letters, digits '
+                    'or _: it becomes <name>/image and ~/<name>/description)')
+    if len(set(names)) != len(names):
+        return f'cameras: a name is given twice: {", ".join(names)}'
+    return None
 
 
 def strings(value) -> tuple:

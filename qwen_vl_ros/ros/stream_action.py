@@ -3,8 +3,8 @@
     goal (prompt, image, max_new_tokens, prompts)  ->  a Job on the one inference worker
     (the service's bounded queue)  ->  feedback per decode step  ->  result
 
-The node hands in ``start(goal, progress)``, which resolves what the goal is about, makes the
-job and submits it: it returns the job, or the reason it was refused. A refused goal (queue
+A goal is translated as a ~/describe request is (describe_service.describe_job: the camera,
+its frames, the questions) and queued on the one worker. A refused goal (queue
 full, no frame yet, bad request) is accepted and aborted at once with the reason in the
 result's ``message``: a ROS 2 goal response is a bare accept/reject and cannot say why.
 
@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from qwen_vl_interfaces.action import Describe as DescribeAction
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
 
-from .convert import error_kind, ros_string
+from .convert import error_kind, ros_string, unanswered_msg
+from .describe_service import describe_job
 from .worker import Cancelled
 
+STREAM = 'action'     # the trigger of its descriptions
 POLL_S = 0.05   # longest a goal's thread waits before it looks at cancel and shut-down again
+REPLY_S = 0.2   # answer_all: time left for rclpy's executor to send the results it holds
 
 
 class Progress:
@@ -35,6 +40,7 @@ class Progress:
 
     def __init__(self):
         self.items: queue.Queue = queue.Queue()
+        self.unstarted = None    # the Description of a goal cancelled before it ran (_start)
         self._text = ''
         self._tokens = 0
 
@@ -68,22 +74,90 @@ class Progress:
 
 
 class StreamAction:
-    """The ~/describe_stream action server of a node."""
+    """The ~/describe_stream action server of a Serving."""
 
-    def __init__(self, node, start, withdraw, closing: threading.Event, callback_group,
-                 not_serving=lambda: None):
-        self._start = start
-        self._withdraw = withdraw     # InferenceWorker.withdraw: a queued job leaves at once
-        self._closing = closing
-        # why the node stopped serving (a managed node's deactivate cancels the running job):
-        # the reason a goal cut short by it ends with, instead of a bare success or "cancelled"
-        self._not_serving = not_serving
+    def __init__(self, serving):
+        self._serving = serving
+        self._closing = serving.house.closing
         self._jobs: dict = {}     # goal id -> its job, while the goal runs
+        self._goals: dict = {}    # goal id -> handle, from acceptance until its result is out
         self._lock = threading.Lock()
         self._server = ActionServer(
-            node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
+            serving.node, DescribeAction, '~/describe_stream', execute_callback=self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
-            callback_group=callback_group)
+            handle_accepted_callback=self._on_accepted, callback_group=ReentrantCallbackGroup())
+
+    def destroy(self) -> None:
+        self._server.destroy()
+
+    def _withdraw(self, job) -> None:
+        """Cancel ``job``; a queued one leaves the (current) worker's queue at once."""
+        self._serving.worker.withdraw(job)
+
+    def _not_serving(self) -> str | None:
+        # why the node stopped serving (a managed node's deactivate cancels the running job):
+        # the reason a goal cut short by it ends with, instead of a bare success or "cancelled"
+        return self._serving.not_serving()
+
+    def _start(self, goal, progress) -> tuple:
+        """Resolve a goal as ~/describe resolves a request and queue its job.
+
+        Returns (job, None), or (None, why not).
+        """
+        serving = self._serving
+        why = serving.not_serving()
+        if why:
+            return None, why
+        dj, why = describe_job(serving, goal, STREAM, progress)
+        if why:
+            return None, why
+        # what a goal withdrawn before it ran ends with (no token: finish reason cancelled)
+        progress.unstarted = unanswered_msg(dj.about.source.header, dj.questions[0], STREAM,
+                                            'cancelled')
+        why = serving.submit(dj.job, dj.about)
+        if why:
+            return None, why
+        return dj.job, None
+
+    def _on_accepted(self, handle) -> None:
+        with self._lock:
+            for key in [k for k, h in self._goals.items() if self._answered(k, h)]:
+                del self._goals[key]
+            self._goals[bytes(handle.goal_id.uuid)] = handle
+        handle.execute()
+
+    def answer_all(self, timeout: float = 5.0) -> list:
+        """Wait until every accepted goal is answered; return the ids of those that were not.
+
+        Call once the node no longer serves (a managed node's cleanup, before the action
+        server is destroyed): each running goal's job is withdrawn and the goal aborted with
+        the node's reason, and goals accepted but not yet executing are aborted with it when
+        their execute callback runs. A goal counts as answered when rclpy holds its result
+        (the response to a result request already made is sent by rclpy's executor task right
+        after: REPLY_S is left for it). ``timeout`` in seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                jobs = list(self._jobs.values())
+                open_ = [k for k, h in self._goals.items() if not self._answered(k, h)]
+            for job in jobs:
+                self._withdraw(job)
+            if not open_ or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        time.sleep(REPLY_S)
+        return open_
+
+    def _answered(self, key: bytes, handle) -> bool:
+        try:
+            if handle.is_active:
+                return False
+        except Exception:  # noqa: BLE001 - a goal rclpy expired (result_timeout): destroyed
+            return True
+        # rclpy sets the goal's result future after the execute callback has returned
+        future = getattr(self._server, '_result_futures', {}).get(key)
+        return future is None or future.done()
 
     def _on_cancel(self, handle) -> CancelResponse:
         """Accept the cancel and stop the job now.
@@ -121,10 +195,14 @@ class StreamAction:
         finally:
             with self._lock:
                 self._jobs.pop(key, None)
-        return self._finish(handle, job, result)
+        return self._finish(handle, job, result, progress)
 
-    def _finish(self, handle, job, result):
-        msgs = job.result or []
+    def _finish(self, handle, job, result, progress):
+        # a typed answer cut by the budget (NotAnAnswer) keeps its partial description; a goal
+        # cancelled before it ran ends with an empty one, finish reason cancelled
+        msgs = job.result or getattr(job.error, 'kept', None) or []
+        if not msgs and handle.is_cancel_requested and progress.unstarted is not None:
+            msgs = [progress.unstarted]
         if msgs:
             result.description = msgs[0]
             result.descriptions = list(msgs)

@@ -26,6 +26,18 @@ class Cancelled(Exception):
     """The job was dropped before it ran (shut-down, or its caller stopped waiting)."""
 
 
+class NotAnAnswer(Exception):
+    """A typed answer the token budget cut (vlm Result.problem): success false, text kept.
+
+    ``kept``: what the job made before it (Descriptions, the cut one last; or ~/detect's
+    (Detection2DArray, Detections)), returned with the reason instead of published.
+    """
+
+    def __init__(self, reason: str, kept):
+        super().__init__(reason)
+        self.kept = kept
+
+
 class RuntimeHung(Exception):
     """The runtime made no progress for too long (ros/health.py): the job is answered now."""
 

@@ -15,7 +15,14 @@ Rules kept here (each checked by test/test_constrain.py):
   never allowed;
 - an end-of-sequence id (generation_config's eos_token_id) is allowed only where the grammar
   may end; a grammar that cannot go on ends generation without one (fewest decode steps);
-- a schema or regex llguidance rejects is a ConstraintError before any model runs.
+- a schema or regex llguidance rejects is a ConstraintError before any model runs;
+- an answer is a success only when it is complete: the model ended it (an end token where the
+  grammar may end) or the grammar allows nothing more. One the token budget cut is not an
+  answer: ``cut_short`` says why (max_new_tokens, tokens used, what would bound it) and every
+  interface (CLI, service, action, timer, ~/detect) reports it as success false with that
+  reason (Result.problem), keeping the partial text. A budget that ends where the grammar may
+  end is checked with one more step: the answer is complete only if the model ends it there
+  (with choices 'a' and 'ab', 'a' after one token is not yet 'a').
 """
 
 from __future__ import annotations
@@ -201,6 +208,79 @@ class Guide:
 
 def _clean(message: str) -> str:
     return ' '.join(str(message).split()) or 'rejected by the grammar engine'
+
+
+def cut_short(max_new_tokens: int, used: int, choices=None, json_schema=None, regex=None,
+              kv_len: int | None = None) -> str:
+    """Return why a typed answer that ran out of tokens is not an answer (one line).
+
+    ``used``: tokens generated; ``kv_len``: set when the KV cache (not max_new_tokens) was full.
+    The message names the budget, the tokens used and what would keep the answer inside it:
+    for a schema, the places that let it grow without bound (``unbounded_parts``).
+    """
+    kind = 'choice' if choices else 'JSON answer' if json_schema else 'regex match'
+    if kv_len is not None:
+        budget = f'the KV cache (length {kv_len}) was full after {used} generated tokens'
+    else:
+        budget = f'max_new_tokens = {max_new_tokens} was reached ({used} tokens used)'
+    if choices:
+        bound = 'give max_new_tokens room for the longest choice'
+    elif json_schema:
+        parts = unbounded_parts(json_schema)
+        bound = ('bound the answer (maxLength, maximum, maxItems, additionalProperties: false'
+                 + (f'; unbounded here: {", ".join(parts)}' if parts else '') +
+                 ') or raise max_new_tokens')
+    else:
+        bound = 'bound the regex\'s repetitions ({m,n} instead of + or *) or raise max_new_tokens'
+    return f'{kind} cut short: {budget} before it was complete; {bound}'
+
+
+def unbounded_parts(schema, path: str = '$', depth: int = 0) -> list:
+    """Return where a JSON Schema lets an answer grow without bound, as short phrases.
+
+    ``schema``: dict or its JSON text. A string without maxLength (and without enum, const
+    or format), a number without maximum (it can grow digits), an array without maxItems, an
+    object without ``additionalProperties: false``: each is named by its JSON path, e.g.
+    ``$.name: string without maxLength``. Follows properties, items, prefixItems, anyOf /
+    oneOf / allOf and local $ref (#/$defs/..., #/definitions/...), at most 8 levels deep.
+    """
+    root = json.loads(schema) if isinstance(schema, str) else schema
+    out: list = []
+
+    def walk(node, where, level, seen):
+        if not isinstance(node, dict) or level > 8:
+            return
+        ref = node.get('$ref')
+        if isinstance(ref, str) and ref.startswith('#/') and ref not in seen:
+            target = root
+            for key in ref[2:].split('/'):
+                target = target.get(key, {}) if isinstance(target, dict) else {}
+            walk(target, where, level + 1, seen | {ref})
+        if 'enum' in node or 'const' in node:
+            return
+        types = node.get('type')
+        types = set(types) if isinstance(types, list) else {types} if types else set()
+        if 'string' in types and 'maxLength' not in node and 'format' not in node:
+            out.append(f'{where}: string without maxLength')
+        if types & {'integer', 'number'} and 'maximum' not in node and \
+                'exclusiveMaximum' not in node:
+            out.append(f'{where}: number without maximum')
+        if 'array' in types and 'maxItems' not in node and node.get('items') is not False:
+            out.append(f'{where}: array without maxItems')
+        if 'object' in types and node.get('additionalProperties') is not False:
+            out.append(f'{where}: object without additionalProperties: false')
+        for key, sub in (node.get('properties') or {}).items():
+            walk(sub, f'{where}.{key}', level + 1, seen)
+        if isinstance(node.get('items'), dict):
+            walk(node['items'], f'{where}[]', level + 1, seen)
+        for i, sub in enumerate(node.get('prefixItems') or ()):
+            walk(sub, f'{where}[{i}]', level + 1, seen)
+        for key in ('anyOf', 'oneOf', 'allOf'):
+            for sub in node.get(key) or ():
+                walk(sub, where, level + 1, seen)
+
+    walk(root, path, depth, frozenset())
+    return list(dict.fromkeys(out))
 
 
 def choice_index(choices, text: str) -> int:

@@ -211,10 +211,12 @@ class DecoderStack:
         """Run layer i; its new K/V rows [0, count) become cache rows [row, row + count).
 
         The one place where the two caches differ: an in-buffer cache supplies K_cache /
-        V_cache itself (when the feed has none) and keeps the rows inside the session.
+        V_cache itself (when the feed has none) and keeps the rows inside the session; only
+        the last layer's hidden output must reach the host (on the M.2 card the others stay
+        in card memory and go to the next layer there: runtime/axclrt_kv.py).
         """
         if self.kv is not None:
-            return self.kv[i].step(feed, group, row, count)
+            return self.kv[i].step(feed, group, row, count, fetch=i == len(self.layers) - 1)
         outs = self.layers[i].run(feed, group)
         k_out, v_out, x = (outs[at] for at in self._out_at[group])
         self.k_cache[i][0, row:row + count] = k_out[0, :count]

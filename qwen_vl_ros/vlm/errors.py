@@ -9,6 +9,10 @@ class ModelDirError(VLMError):
     """The model directory is missing files or holds files that do not fit together."""
 
 
+class OptionsError(VLMError):
+    """A generation option no request can be served with (e.g. max_new_tokens 0)."""
+
+
 class ImageError(VLMError):
     """An input image cannot be used (bad size, encoding, data or too many pixels)."""
 

@@ -153,6 +153,7 @@ class Detection:
     box: tuple
     score: float
     input_box: tuple = ()     # as the model wrote it, in model-input pixels
+    index: int = -1           # its place in the answer's list (dropped boxes keep counting)
 
 
 @dataclass
@@ -161,18 +162,21 @@ class Detections:
 
     detections: list
     text: str
-    complete: bool            # False: cut short by max_new_tokens, whole boxes kept
+    complete: bool            # False: cut by the token budget (result.problem), whole boxes kept
     dropped: int = 0          # boxes empty after clamping to the image
     result: object = None
     notes: list = field(default_factory=list)
 
 
 def parse_boxes(text: str) -> tuple:
-    """Parse a (possibly cut short) answer -> ([(item dict, start, end)], complete).
+    r"""Parse a (possibly cut short) answer -> ([(item dict, start, end)], complete).
 
     ``start, end`` = the character span of the item's label value (inside its quotes) in
-    ``text``. An answer cut short keeps the items that were finished. ValueError when the text
-    is not such a list (cannot happen for answers decoded under ``box_schema``).
+    ``text``, found by reading the item's JSON (any spelling: ``"two\u000Alines"`` and
+    ``"two\nlines"`` are the same label, spanning what the answer wrote); (0, 0) when the
+    item has no string label. An answer cut short keeps the items that were finished.
+    ValueError when the text is not such a list (cannot happen for answers decoded under
+    ``box_schema``).
     """
     dec = json.JSONDecoder()
     s = text.lstrip()
@@ -181,7 +185,7 @@ def parse_boxes(text: str) -> tuple:
         raise ValueError(f'not a JSON list: {text[:40]!r}')
     items, i = [], 1
     while True:
-        while i < len(s) and s[i] in ' \t\r\n,':
+        while i < len(s) and s[i] in _JSON_BLANKS + ',':
             i += 1
         if i >= len(s):
             return items, False
@@ -191,11 +195,41 @@ def parse_boxes(text: str) -> tuple:
             item, end = dec.raw_decode(s, i)
         except json.JSONDecodeError:
             return items, False     # the last item was cut short
-        label = json.dumps(item.get('label', ''), ensure_ascii=False)
-        at = s.rfind(label, i, end)
-        span = (lead + at + 1, lead + at + len(label) - 1) if at >= 0 else (0, 0)
+        start, stop = _label_span(s, i) if isinstance(item, dict) else (-1, -1)
+        span = (lead + start, lead + stop) if start >= 0 else (0, 0)
         items.append((item, *span))
         i = end
+
+
+_JSON_BLANKS = ' \t\r\n'     # JSON's whitespace (RFC 8259, section 2)
+
+
+def _label_span(s: str, i: int) -> tuple:
+    """(start, end) of the "label" string's characters in the JSON object at ``s[i]``.
+
+    ``s[i:]`` starts with an object json.JSONDecoder read whole; (-1, -1) when it has no
+    "label" key with a string value. Keys and values are read with the json module's own
+    scanner, so escapes anywhere in them do not matter.
+    """
+    dec = json.JSONDecoder()
+
+    def blank(j):
+        while s[j] in _JSON_BLANKS:
+            j += 1
+        return j
+
+    j = blank(i + 1)
+    while s[j] != '}':
+        key, j = json.decoder.scanstring(s, j + 1)      # s[j] is the key's opening quote
+        j = blank(blank(j) + 1)                          # past the colon
+        if key == 'label' and s[j] == '"':
+            _, end = json.decoder.scanstring(s, j + 1)
+            return j + 1, end - 1
+        _, j = dec.raw_decode(s, j)
+        j = blank(j)
+        if s[j] == ',':
+            j = blank(j + 1)
+    return -1, -1
 
 
 def token_spans(tokenizer, ids) -> list:
@@ -231,18 +265,28 @@ def detect(pipeline, frame, labels=(), expression: str = '', options=None,
     spans = token_spans(pipeline.tokenizer, ids)
     probs = result.token_probs[:len(ids)]
     found, dropped = [], 0
-    for item, start, end in items:
+    for index, (item, start, end) in enumerate(items):
         box = geometry.to_source(item['bbox_2d'])
         if box is None:
             dropped += 1
             continue
-        label_probs = [p for (a, b), p in zip(spans, probs) if a < end and b > start]
-        score = sum(label_probs) / len(label_probs) if label_probs else 0.0
-        found.append(Detection(item['label'], box, float(score), tuple(item['bbox_2d'])))
+        found.append(Detection(item['label'], box, label_score(spans, probs, start, end),
+                               tuple(item['bbox_2d']), index))
     notes = []
-    if not complete:
-        notes.append(f'answer cut short at max_new_tokens = {opts.max_new_tokens}: '
-                     f'{len(items)} whole box(es) kept')
+    complete = complete and not result.problem
+    if result.problem:
+        notes.append(f'{result.problem}; {len(items)} whole box(es) in the partial answer')
     if dropped:
         notes.append(f'{dropped} box(es) empty inside the image dropped')
     return Detections(found, result.text, complete, dropped, result, notes)
+
+
+def label_score(spans, probs, start: int, end: int) -> float:
+    """Mean of ``probs`` over the tokens whose character ``spans`` overlap [start, end).
+
+    ``spans``: token_spans of the answer; ``probs``: each token's model probability
+    (Result.token_probs); ``start, end``: a label's span from parse_boxes. 0.0 when no token
+    overlaps (an empty label).
+    """
+    inside = [p for (a, b), p in zip(spans, probs) if a < end and b > start]
+    return float(sum(inside) / len(inside)) if inside else 0.0

@@ -16,8 +16,8 @@ import numpy as np
 
 from .decoder import DecoderStack
 from .embeddings import EmbeddingTable
-from .constrain import GrammarTokenizer, choice_index, grammar_for
-from .errors import ImageError, ModelDirError, PromptTooLongError
+from .constrain import GrammarTokenizer, choice_index, cut_short, grammar_for
+from .errors import ImageError, ModelDirError, OptionsError, PromptTooLongError
 from .model_dir import find_model_files
 from .prompt import PromptBuilder, VisionBlock, load_tokenizer
 from .reuse import PrefixCache, VisionCache, patch_digest
@@ -48,6 +48,27 @@ class GenerationOptions:
     regex: str | None = None
     token_probs: bool = False   # keep each chosen token's model probability (Result)
 
+    def check(self) -> GenerationOptions:
+        """Return self, or raise OptionsError for a value no request can be served with.
+
+        max_new_tokens >= 1; temperature > 0 (0 is no temperature: greedy is ``greedy``);
+        top_k >= 0; 0 < top_p <= 1; repetition_penalty > 0; second_per_grid_t > 0; seed >= 0
+        (numpy's generator). The ranges are transformers' GenerationConfig.validate ones.
+        """
+        bad = [f'{name} must be {rule}, got {value!r}' for name, value, rule, ok in (
+            ('max_new_tokens', self.max_new_tokens, 'at least 1', lambda v: v >= 1),
+            ('temperature', self.temperature, '> 0 (for argmax decoding ask for greedy)',
+             lambda v: v > 0),
+            ('top_k', self.top_k, '>= 0 (0 = no top-k filter)', lambda v: v >= 0),
+            ('top_p', self.top_p, 'in (0, 1]', lambda v: 0 < v <= 1),
+            ('repetition_penalty', self.repetition_penalty, '> 0 (1 = none)', lambda v: v > 0),
+            ('second_per_grid_t', self.second_per_grid_t, '> 0', lambda v: v > 0),
+            ('seed', self.seed, '>= 0', lambda v: v >= 0),
+        ) if value is not None and not (_finite(value) and ok(value))]
+        if bad:
+            raise OptionsError('; '.join(bad))
+        return self
+
     def resolve(self, gen_cfg: dict) -> SamplingOptions:
         """Fill unset fields from generation_config the way transformers does."""
         def pick(value, key, default):
@@ -77,6 +98,10 @@ class Result:
     token_probs: list = field(default_factory=list)   # options.token_probs, constrained only
     vision_cached: bool = False      # the vision features came from the cache (reuse.py)
     reused_prompt_tokens: int = 0    # prompt rows kept in the KV cache, not prefilled again
+    # Typed answers (constrain.py): why this is not an answer ('' = it is one, or free text).
+    # Set when the token budget cut the answer before it was complete: every interface then
+    # reports success false with this reason and keeps the partial text (finish 'length').
+    problem: str = ''
 
 
 class Pipeline:
@@ -113,18 +138,21 @@ class Pipeline:
     def load(cls, model_dir: str, tokenizer_dir: str | None = None, backend: str = 'auto',
              providers=None, provider_options=None, threads: int = 0, system_prompt: str = '',
              resize: str = 'stretch', kv_len: int = 1023, progress=None,
-             vision_cache_frames: int = 2) -> Pipeline:
+             vision_cache_frames: int = 2, npu_provider: str = 'auto',
+             npu_device: int = 0) -> Pipeline:
         """Find, check and open every model file; ``progress(str)`` hears each stage.
 
         ``kv_len`` is used only by the older pyaxengine API, which cannot report model shapes.
         ``vision_cache_frames``: vision features of this many frame sets kept (0 = none).
+        ``npu_provider`` / ``npu_device``: pyaxengine's provider and M.2 card index
+        (runtime/npu_choice.py); ``runtime.where`` then says what runs the models.
         """
         say = progress or log.info
         t0 = time.perf_counter()
         files = find_model_files(model_dir, tokenizer_dir)
         cfg = files.config
         runtime = select_runtime(backend, files.backend_kind, providers, provider_options,
-                                 threads)
+                                 threads, npu_provider, npu_device)
         say(f'loading {model_dir} with {runtime.name}: {cfg.num_layers} layers, '
             f'hidden {cfg.hidden_size}, vocab {cfg.vocab_size}')
         vision = runtime.open({-1: files.vision}, 'vision', files, kv_len)
@@ -148,6 +176,8 @@ class Pipeline:
         say(f'model ready in {time.perf_counter() - t0:.1f} s: vision {pipe.vision_size[0]}x'
             f'{pipe.vision_size[1]}, prefill {decoder.chunk} x {len(decoder.prefill_groups)} '
             f'group(s), prompt up to {decoder.max_prompt} tokens, KV length {decoder.kv_len}')
+        kv = decoder.kv[0].where if decoder.kv else 'on the host (fed to each run)'
+        say(f'models run on {runtime.where or runtime.name}; KV cache {kv}')
         return pipe
 
     def _vision_size(self) -> tuple:
@@ -298,14 +328,14 @@ class Pipeline:
         no tokens, empty text). With ``choices`` / ``json_schema`` /
         ``regex`` the logits are masked before sampling and generation ends (finish reason
         'stop') as soon as the answer is complete; a bad constraint raises ConstraintError
-        before any model runs. ``frame_keys``: one hashable per frame naming its content (e.g.
-        topic, stamp, frame_id), for the vision cache; without them the frames are known by
+        before any model runs. A typed answer the budget cut (max_new_tokens or the KV length)
+        has ``Result.problem`` set (constrain.cut_short) and choice_index -1: not an answer.
+        ``frame_keys``: one hashable per frame naming its content (e.g. topic, stamp,
+        frame_id), for the vision cache; without them the frames are known by
         their patch bytes. A follow-up question reuses the frame's vision features and the
         prompt's common prefix in the KV cache (reuse.py).
         """
-        opts = options or GenerationOptions()
-        if opts.max_new_tokens < 1:
-            raise ValueError(f'max_new_tokens must be at least 1, got {opts.max_new_tokens}')
+        opts = (options or GenerationOptions()).check()
         guide = self.guide(opts)
         dec = self.decoder
         clock = {'start': time.perf_counter()}
@@ -349,6 +379,10 @@ class Pipeline:
                 finish = 'cancelled'
                 break
             logits = self._step(token, slot, position + len(out) - 1)
+        problem = ''
+        if guide is not None and finish == 'length':
+            # the budget ran out before the typed answer ended: a success only if complete
+            finish, problem = self._typed_end(guide, sampler, opts, out, total, position)
         if on_text is not None:
             tail = stream.flush()   # a last token may end mid-character: send what is held
             if tail:
@@ -368,9 +402,29 @@ class Pipeline:
                         'prefill': 1e3 * (t_first - vis), 'decode': 1e3 * decode_s,
                         'time_to_first_token': 1e3 * (t_first - start)},
             tokens_per_second=steps / decode_s if steps and decode_s > 0 else 0.0,
-            choice_index=choice_index(opts.choices, text) if opts.choices else -1,
+            choice_index=choice_index(opts.choices, text) if opts.choices and not problem
+            else -1,
             token_probs=guide.probs if guide is not None else [],
-            vision_cached=clock['vision_cached'], reused_prompt_tokens=reused)
+            vision_cached=clock['vision_cached'], reused_prompt_tokens=reused, problem=problem)
+
+    def _typed_end(self, guide, sampler, opts: GenerationOptions, out: list, total: int,
+                   position: int) -> tuple:
+        """(finish reason, problem) of a typed answer whose token budget ran out.
+
+        Where the grammar may end, one more decode step asks the model whether it ends the
+        answer there (the end token is not added: the answer stays within max_new_tokens);
+        it is then complete ('stop', no problem). Otherwise ('length', cut_short's reason).
+        """
+        dec = self.decoder
+        slot = total + len(out) - 1
+        kv_full = slot >= dec.kv_len
+        if guide.complete and not kv_full:
+            logits = self._step(out[-1], slot, position + len(out) - 1)
+            if sampler(logits, guide.candidates(logits)) in self.eos_ids:
+                return 'stop', ''
+        return 'length', cut_short(opts.max_new_tokens, len(out), opts.choices,
+                                   opts.json_schema, opts.regex,
+                                   dec.kv_len if kv_full else None)
 
     def score(self, frames, prompt: str, continuation, second_per_grid_t: float = 1.0,
               frame_keys=None):
@@ -392,6 +446,13 @@ class Pipeline:
                                          f'exceed the KV length {dec.kv_len}')
             rows.append(self._step(int(token), slot, position + k))
         return np.stack(rows)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False
 
 
 class _Stopped(Exception):

@@ -111,6 +111,8 @@ def rope_positions(ids: np.ndarray, cfg: TextConfig, blocks: list) -> np.ndarray
     return out
 
 
+# The question asked when none is given (the node's parameter prompt, qwen-vl-describe --prompt).
+DEFAULT_PROMPT = 'Describe this image.'
 # Stands for the user's text while the chat template is rendered (NULs: no prompt holds it).
 USER_TEXT_SLOT = '\x00qwen_vl_ros user text\x00'
 

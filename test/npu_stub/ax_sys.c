@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "ax_stub.h"
+#include "stub_fill.h"
 
 #define MAX_BLOCKS 65536
 
@@ -41,18 +42,7 @@ static int env_is(const char *name, const char *value)
 
 static void fill(unsigned char *p, AX_U64 size)
 {
-    if (env_is("AX_STUB_CMM_FILL", "zero")) {
-        memset(p, 0, size);
-    } else if (env_is("AX_STUB_CMM_FILL", "nan")) {
-        memset(p, 0xFF, size);
-    } else if (env_is("AX_STUB_CMM_FILL", "5a")) {
-        memset(p, 0x5A, size);
-    } else {  /* garbage: xorshift64 bytes, a fresh stream per block */
-        for (AX_U64 i = 0; i < size; i += 8) {
-            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
-            memcpy(p + i, &seed, size - i < 8 ? size - i : 8);
-        }
-    }
+    stub_fill(p, size, getenv("AX_STUB_CMM_FILL"), &seed);
 }
 
 /* The block holding [phy, phy + size), or NULL. Caller holds the lock. */

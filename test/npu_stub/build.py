@@ -1,9 +1,10 @@
 """Build the stub NPU libraries and unpack a pyaxengine release; give the environment to run it.
 
-    python3 test/npu_stub/build.py TARBALL            # prints `export NAME=value` lines
+    python3 test/npu_stub/build.py [--card] TARBALL   # prints `export NAME=value` lines
 
 - ``libax_sys.so`` and ``libax_engine.so`` are compiled from ax_sys.c / ax_engine.c with the
-  system C compiler into ``CACHE/libs-<hash>/`` (hash of the C sources and the compiler's
+  system C compiler into ``CACHE/libs-<hash>/``, ``libaxcl_rt.so`` (the M.2 card, axcl_rt.c)
+  into ``CACHE/libs-<hash>/card/`` (hash of the C sources and the compiler's
   version: a second run is free); each carries its SONAME, which ``ctypes.util.find_library``
   reports and cffi's ``dlopen`` then finds on ``LD_LIBRARY_PATH``.
 - the release tarball (AXERA's source, unmodified) is unpacked into
@@ -32,7 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-SOURCES = ('ax_stub.h', 'ax_sys.c', 'ax_engine.c')
+SOURCES = ('ax_stub.h', 'stub_fill.h', 'ax_sys.c', 'ax_engine.c', 'axcl_rt.c')
+CARD = 'card'  # libaxcl_rt.so alone: what a host with an M.2 card has
 CFLAGS = ['-O2', '-Wall', '-Wextra', '-fPIC', '-shared', '-pthread']
 
 
@@ -58,7 +60,7 @@ def build_libs(root: Path | None = None) -> Path:
     for name in SOURCES:
         digest.update((HERE / name).read_bytes())
     final = root / f'libs-{digest.hexdigest()[:16]}'
-    if (final / 'libax_engine.so').exists():
+    if (final / CARD / 'libaxcl_rt.so').exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix='.libs-'))
@@ -67,6 +69,9 @@ def build_libs(root: Path | None = None) -> Path:
     subprocess.run([cc, *CFLAGS, '-Wl,-soname,libax_engine.so', '-o',
                     str(tmp / 'libax_engine.so'), str(HERE / 'ax_engine.c'), f'-L{tmp}',
                     '-lax_sys', '-Wl,-rpath,$ORIGIN'], check=True)
+    (tmp / CARD).mkdir()
+    subprocess.run([cc, *CFLAGS, '-Wl,-soname,libaxcl_rt.so', '-o',
+                    str(tmp / CARD / 'libaxcl_rt.so'), str(HERE / 'axcl_rt.c')], check=True)
     return _publish(tmp, final)
 
 
@@ -95,10 +100,16 @@ def unpack_release(tarball, root: Path | None = None) -> Path:
     return inits[0].parent.parent
 
 
-def stub_env(tarball, base: dict | None = None) -> dict:
-    """Environment that runs ``tarball``'s pyaxengine over the stub NPU (see the docstring)."""
+def stub_env(tarball, base: dict | None = None, card: bool = False) -> dict:
+    """Environment that runs ``tarball``'s pyaxengine over the stub NPU (see the docstring).
+
+    ``card``: only ``libaxcl_rt.so`` on the library path (a host with an AX650N M.2 card), so
+    pyaxengine finds no ``ax_engine`` and picks ``AXCLRTExecutionProvider`` by itself.
+    """
     env = dict(os.environ if base is None else base)
     libs, release = build_libs(), unpack_release(tarball)
+    if card:
+        libs = libs / CARD
 
     def prepend(var, *paths):
         env[var] = os.pathsep.join([str(p) for p in paths] + ([env[var]] if env.get(var) else []))
@@ -117,9 +128,11 @@ def main(argv=None) -> int:
     """Print the environment of ``stub_env`` as shell export lines."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--card', action='store_true',
+                   help='the M.2 card: libaxcl_rt.so only (AXCLRTExecutionProvider)')
     p.add_argument('tarball')
     args = p.parse_args(argv)
-    env = stub_env(args.tarball, base={k: v for k, v in os.environ.items()})
+    env = stub_env(args.tarball, base={k: v for k, v in os.environ.items()}, card=args.card)
     keys = ('LD_LIBRARY_PATH', 'PYTHONPATH', 'AX_STUB_NPU', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
             'ROS_LOCALHOST_ONLY', 'ROS_DOMAIN_ID')
     for k in keys:

@@ -2,8 +2,8 @@
 
     python drive.py SPEC.json OUT.json
 
-SPEC: {"action": "describe" | "keepalive" | "nan_rows", "jobs": [JOB, ...]}  (or one JOB's
-      fields inline)
+SPEC: {"action": "describe" | "keepalive" | "nan_rows" | "card_probe", "jobs": [JOB, ...]}
+      (or one JOB's fields inline)
 JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str, "n": int,
                                     "second_per_grid_t": float}, ...],
        "in_buffer": [true, false], "env": {NAME: value} (set before loading, e.g.
@@ -11,7 +11,9 @@ JOB:  {"model_dir": DIR, "cases": [{"frames": [[h, w, seed], ...], "prompt": str
        "skip_row_flush": bool, "keeps_rows": bool (override InBufferKV.keeps_rows)}
 OUT:  {"error": str | null, "jobs": [{"1": {"tokens": [[...], ...], "prompt_tokens": [...],
        "reused": [...], "vision_cached": [...], "kv": bool, "can_resume": bool,
-       "flush_bytes": int, ...}, "0": {...}}, ...], "runs": the last job's,
+       "flush_bytes": int, ... (board) | "link": {...} (card), "where": provider and card,
+       "per_token": card link traffic in decode steps, "cache_bytes": one layer's K cache},
+       "0": {...}}, ...], "runs": the last job's,
        "keepalive": str, "nan_rows": {"clean": [...], "poisoned": str, "after": [...]}}
 
 Frames are random RGB images from numpy's default_rng(seed), as the tests make them.
@@ -55,6 +57,7 @@ def _describe(spec, out):
         pipe = Pipeline.load(spec['model_dir'], backend='axengine', providers=providers,
                              threads=1, progress=lambda m: None)
         npu_host.STATS.reset()
+        per_token = _link_per_token(pipe) if npu_host.on_card() else None
         tokens, prompts, reused, cached = [], [], [], []
         for case in spec['cases']:
             opts = GenerationOptions(max_new_tokens=case.get('n', 24), greedy=True,
@@ -70,7 +73,37 @@ def _describe(spec, out):
                                                 reused=reused, vision_cached=cached,
                                                 kv=pipe.decoder.kv is not None,
                                                 can_resume=pipe.decoder.can_resume,
+                                                where=pipe.runtime.where,
+                                                cache_bytes=_cache_bytes(pipe.decoder),
+                                                layers=len(pipe.decoder.layers),
+                                                per_token=per_token,
                                                 **npu_host.cache_stats())
+
+
+def _cache_bytes(decoder):
+    """Bytes of ONE layer's K (or V) cache as the decode group takes it."""
+    return decoder.kv_len * decoder.kv_dim * decoder.cache_dtype.itemsize
+
+
+def _link_per_token(pipe):
+    """Count the card's link traffic inside decode steps: {steps, h2d/d2h bytes and calls}."""
+    import npu_host
+    acc = {'steps': 0, 'h2d_bytes': 0, 'h2d_calls': 0, 'd2h_bytes': 0, 'd2h_calls': 0}
+    step = pipe.decoder.decode_step
+
+    def counted(*args, **kwargs):
+        before = npu_host.link_stats()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            after = npu_host.link_stats()
+            acc['steps'] += 1
+            for key, way in (('h2d', 'host_to_device'), ('d2h', 'device_to_host')):
+                for what in ('bytes', 'calls'):
+                    acc[f'{key}_{what}'] += after[way][what] - before[way][what]
+
+    pipe.decoder.decode_step = counted
+    return acc
 
 
 def keepalive(spec, out):
@@ -108,9 +141,15 @@ def nan_rows(spec, out):
     assert pipe.decoder.kv is not None, 'no in-buffer KV cache'
     result = {'clean': pipe.describe(frames, case['prompt'], opts).token_ids}
     for kv in pipe.decoder.kv:
-        kv._k[...] = np.nan
-        kv._v[...] = np.nan
-        kv._flush_rows(0, kv.length)
+        if hasattr(kv, '_k'):  # the board: CMM rows the host writes, then flushes
+            kv._k[...] = np.nan
+            kv._v[...] = np.nan
+            kv._flush_rows(0, kv.length)
+        else:  # the card: NaN rows sent into its device buffers
+            nan = np.full(kv.length * kv.width, np.nan, np.float32).astype(kv.dtype)
+            kv._current()
+            for at in (kv._k_at, kv._v_at):
+                kv._copy(kv._in[at][0], kv._host(nan), nan.nbytes, 1)
     try:
         pipe.describe(frames, case['prompt'], opts)
         result['poisoned'] = 'no error'
@@ -120,14 +159,56 @@ def nan_rows(spec, out):
     out['nan_rows'] = result
 
 
+def card_probe(spec, out):
+    """Check the card stub's memory rules through pyaxengine's own cffi handle of libaxcl_rt.
+
+    Fresh device memory as AX_STUB_AXCL_FILL says, exact memcpy ranges and counters, a range
+    past a block refused; with spec["touch"], a host write through a device pointer (the
+    process must die, saying why on stderr).
+    """
+    import npu_host
+    from axengine import _axclrt  # noqa: F401 (axclInit, as any session does)
+    from axengine._axclrt_capi import axclrt_cffi as ffi, axclrt_lib as lib
+
+    lst = ffi.new('axclrtDeviceList *')
+    assert lib.axclrtGetDeviceList(lst) == 0
+    assert lib.axclrtSetDevice(lst.devices[0]) == 0
+    ptr = ffi.new('void **')
+    assert lib.axclrtMalloc(ptr, 4096, lib.AXCL_MEM_MALLOC_NORMAL_ONLY) == 0
+    dev = int(ffi.cast('uintptr_t', ptr[0]))
+    fresh = np.zeros(4096, np.uint8)
+    npu_host.STATS.reset()
+    lib.axclrtMemcpy(ffi.cast('void *', fresh.ctypes.data), ptr[0], 4096,
+                     lib.AXCL_MEMCPY_DEVICE_TO_HOST)
+    host = np.arange(100, dtype=np.uint8)
+    lib.axclrtMemcpy(ffi.cast('void *', dev + 1000), ffi.cast('void *', host.ctypes.data), 100,
+                     lib.AXCL_MEMCPY_HOST_TO_DEVICE)
+    back = np.zeros(4096, np.uint8)
+    lib.axclrtMemcpy(ffi.cast('void *', back.ctypes.data), ptr[0], 4096,
+                     lib.AXCL_MEMCPY_DEVICE_TO_HOST)
+    past = lib.axclrtMemcpy(ffi.cast('void *', dev + 4000), ffi.cast('void *', host.ctypes.data),
+                            100, lib.AXCL_MEMCPY_HOST_TO_DEVICE)
+    out['card_probe'] = {
+        'fresh_distinct': int(len(np.unique(fresh))), 'fresh_first': int(fresh[0]),
+        'written_exactly': bool(np.array_equal(back[1000:1100], host)
+                                and np.array_equal(back[:1000], fresh[:1000])
+                                and np.array_equal(back[1100:], fresh[1100:])),
+        'past_end_refused': past != 0, 'link': npu_host.link_stats()}
+    if spec.get('touch'):
+        with open(spec['out_early'], 'w') as f:
+            json.dump(out, f)
+        ffi.cast('unsigned char *', ptr[0])[10] = 1  # a host write to device memory
+        out['card_probe']['touch'] = 'survived'
+
+
 def main():
     from qwen_vl_ros.vlm.prompt import keep_torch_out
     keep_torch_out()  # as the CLI and the node: the tokenizer without torch
     spec = json.load(open(sys.argv[1]))
     out = {'error': None, 'runs': {}, 'jobs': []}
     try:
-        {'describe': describe, 'keepalive': keepalive,
-         'nan_rows': nan_rows}[spec.get('action', 'describe')](spec, out)
+        {'describe': describe, 'keepalive': keepalive, 'nan_rows': nan_rows,
+         'card_probe': card_probe}[spec.get('action', 'describe')](spec, out)
     except Exception as e:  # noqa: BLE001 (reported to the test, which decides)
         out['error'] = f'{type(e).__name__}: {e}'
     with open(sys.argv[2], 'w') as f:

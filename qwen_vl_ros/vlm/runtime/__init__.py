@@ -29,14 +29,18 @@ def _auto_backend(model_kind: str) -> str:
 
 
 def select_runtime(backend: str, model_kind: str, providers=None, provider_options=None,
-                   threads: int = 0) -> Runtime:
+                   threads: int = 0, npu_provider: str = 'auto', npu_device: int = 0) -> Runtime:
     """Return the runtime for ``backend``; ``auto`` takes axengine when it imports.
 
     ``model_kind`` is what the model directory holds ('axmodel' or 'onnx'), so that a wrong
-    pairing fails here with a clear reason instead of deep inside a runtime.
+    pairing fails here with a clear reason instead of deep inside a runtime. ``npu_provider``
+    and ``npu_device`` choose pyaxengine's provider and card (axengine.npu_choice) unless
+    ``providers`` / ``provider_options`` are given; onnxruntime ignores them.
     """
     if backend not in BACKENDS:
         raise ModelDirError(f'backend {backend!r} is not one of {", ".join(BACKENDS)}')
+    from .npu_choice import npu_choice
+    npu = npu_choice(npu_provider, npu_device)  # a bad value fails on every backend
     if backend == 'auto':
         backend = _auto_backend(model_kind)
     want = 'axmodel' if backend == 'axengine' else 'onnx'
@@ -46,6 +50,8 @@ def select_runtime(backend: str, model_kind: str, providers=None, provider_optio
             f'files: use backend {"onnxruntime" if model_kind == "onnx" else "axengine"}')
     if backend == 'axengine':
         from .axengine import AxEngineRuntime
+        if providers is None and provider_options is None:
+            providers, provider_options = npu
         try:
             return AxEngineRuntime(providers, provider_options)
         except ImportError as e:

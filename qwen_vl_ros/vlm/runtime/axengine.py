@@ -164,8 +164,8 @@ class AxSession(_SpecTableSession):
 
     def kv_cache(self, decode_group: int):
         """Return the KV cache inside this session's own input buffers (None if not possible)."""
-        from .axengine_kv import InBufferKV
-        return InBufferKV.attach(self._sess, decode_group)
+        from .axengine_kv import attach
+        return attach(self._sess, decode_group)
 
     def run(self, feed: dict, group: int = 0) -> list[np.ndarray]:
         """Run a group; every output returned owns its data (older releases give views)."""
@@ -258,6 +258,21 @@ def legacy_specs(role: str, path: str, files, kv_len: int):
     raise ValueError(f'unknown model role {role!r}')
 
 
+def _placement(sess) -> str:
+    """Say which provider (and card) a pyaxengine session runs on, for the log and diagnostics."""
+    get = getattr(sess, 'get_providers', None)
+    provider = get() if get else type(sess).__name__
+    provider = provider if isinstance(provider, str) else ', '.join(provider)
+    inner = getattr(sess, '_sess', None)
+    if type(inner).__name__ == 'AXCLRTSession':
+        soc = getattr(inner, 'soc_name', 'AX650N')
+        return (f'{provider} (M.2 card {getattr(inner, "_device_index", 0)}, device id '
+                f'{getattr(inner, "_device_id", "?")}, {soc})')
+    if provider == 'AxEngineExecutionProvider':
+        return f'{provider} (on-board NPU)'
+    return provider
+
+
 class AxEngineRuntime(Runtime):
     """Opens axmodels with pyaxengine; the API generation is detected once at start."""
 
@@ -268,10 +283,15 @@ class AxEngineRuntime(Runtime):
         self.legacy = hasattr(axengine.InferenceSession, 'load_from_model')
         self.providers = providers
         self.provider_options = provider_options
+        if self.legacy:
+            self.where = 'load_from_model runtime (on-board NPU)'
 
     def open(self, paths: dict, role: str = '', files=None, kv_len: int = 1023) -> Session:
         """Open one .axmodel (every shape group lives in the one file)."""
         path = paths[min(paths)]
         if self.legacy:
             return LegacyAxSession(path, *legacy_specs(role, path, files, kv_len))
-        return AxSession(path, self.providers, self.provider_options)
+        sess = AxSession(path, self.providers, self.provider_options)
+        if not self.where:
+            self.where = _placement(sess._sess)
+        return sess

@@ -39,10 +39,12 @@ At attach, and only then:
 The object keeps the pyaxengine session it was attached to: the handle, context and IO buffers
 it uses belong to that session and die with it.
 
-Anything else (the M.2 card's AXCLRT provider, the older ``load_from_model`` wheel, a pyaxengine
-whose internals differ) gets no in-buffer cache: ``attach`` returns None, with the reason in the
-log, and the decoder keeps its host arrays and the plain ``run``. ``QWEN_VL_KV_IN_BUFFER=0``
-turns the path off.
+The M.2 card's ``AXCLRTExecutionProvider`` keeps its buffers in card memory: axclrt_kv.py does
+the same there with ``axclrtMemcpy`` (``attach`` below picks by provider; the layout checks,
+feed checks and outputs-by-name are shared, in ``KVBuffers``). Anything else (the older
+``load_from_model`` wheel, a pyaxengine whose internals differ) gets no in-buffer cache:
+``attach`` returns None, with the reason in the log, and the decoder keeps its host arrays and
+the plain ``run``. ``QWEN_VL_KV_IN_BUFFER=0`` turns the path off.
 """
 
 from __future__ import annotations
@@ -89,6 +91,96 @@ def _native(sess):
     return inner, ffi, elib, slib
 
 
+def attach(session, decode_group: int):
+    """Return the in-buffer KV cache of a pyaxengine session (board or card), or None."""
+    inner = getattr(session, '_sess', session)
+    if type(inner).__name__ == 'AXCLRTSession':
+        from .axclrt_kv import DeviceKV
+        return DeviceKV.attach(session, decode_group)
+    return InBufferKV.attach(session, decode_group)
+
+
+class KVBuffers:
+    """What the board's and the card's in-buffer caches share.
+
+    The layout read from the session's shape groups, the feed checks, the outputs taken by
+    name, and ``attach``.
+
+    A subclass gives ``_native(session)`` (what it needs of pyaxengine's internals, or a str
+    saying what is missing) and builds itself from that.
+    """
+
+    # Rows stay in the session's buffers between requests (only the first chunk's dummy feed
+    # lands on rows it then rewrites), so a prefill may resume on a kept prompt prefix.
+    keeps_rows = True
+    where = 'in the buffers'  # for the log: where the rows live
+
+    @staticmethod
+    def _native(session):
+        raise NotImplementedError
+
+    @classmethod
+    def attach(cls, session, decode_group: int):
+        """Return the in-buffer cache of a pyaxengine session, or None to use host arrays."""
+        if not enabled():
+            return None
+        native = cls._native(session)
+        if isinstance(native, str):
+            log.info('KV cache on the host (whole caches fed per step): %s', native)
+            return None
+        try:
+            return cls(session, *native, decode_group)
+        except Exception as e:  # noqa: BLE001 (any surprise in the internals: use plain run)
+            log.warning('KV cache on the host (whole caches fed per step): %s: %s',
+                        type(e).__name__, e)
+            return None
+
+    def _layout(self, inner, decode_group: int, n_inputs: int, n_outputs: int):
+        """Read names, cache shape and outputs by name; return (inputs, outputs) per group.
+
+        Raises ValueError when the groups disagree, the IO count differs from the session's
+        buffers, or a contract output (CONTRACT.md) is missing.
+        """
+        groups = range(inner._shape_count)
+        ins = {g: list(inner.get_inputs(g)) for g in groups}
+        outs = {g: list(inner.get_outputs(g)) for g in groups}
+        names = [a.name for a in ins[decode_group]]
+        if any([a.name for a in ins[g]] != names for g in groups):
+            raise ValueError('shape groups order their inputs differently')
+        if n_inputs != len(names) or n_outputs != len(outs[decode_group]):
+            raise ValueError('the IO buffers do not match the inputs / outputs')
+        self._k_at, self._v_at = names.index('K_cache'), names.index('V_cache')
+        dec = ins[decode_group][self._k_at]
+        _, self.length, self.width = (int(s) for s in dec.shape)
+        self.dtype = np.dtype(dec.dtype)
+        self.row_bytes = self.width * self.dtype.itemsize
+        out_names = [a.name for a in outs[decode_group]]
+        missing = [n for n in LAYER_OUTPUTS if n not in out_names]
+        if missing or any([a.name for a in outs[g]] != out_names for g in groups):
+            raise ValueError(f'layer outputs {out_names} lack {missing} or differ by group')
+        self._out_at = [out_names.index(n) for n in LAYER_OUTPUTS]
+        return ins, outs
+
+    def _prefix(self, arg) -> bool:
+        """Tell whether a group's K_cache (1, H, kv) is a row prefix of the decode cache."""
+        return (len(arg.shape) == 3 and tuple(arg.shape[::2]) == (1, self.width)
+                and arg.shape[1] <= self.length and np.dtype(arg.dtype) == self.dtype)
+
+    @staticmethod
+    def _check_feed(feed: dict, feeds: dict, prefix: bool, group: int) -> None:
+        """Refuse a feed that lacks inputs (K/V may be left out on a prefix group)."""
+        if len(feed) != len(feeds) and not (prefix and len(feed) + 2 == len(feeds)
+                                            and 'K_cache' not in feed
+                                            and 'V_cache' not in feed):
+            raise RuntimeFailure(f'group {group} needs inputs {sorted(set(feeds) - set(feed))}')
+
+    @staticmethod
+    def _check_input(name: str, arr, shape, dtype, group: int) -> None:
+        if arr.shape != shape or arr.dtype != dtype:
+            raise RuntimeFailure(f'input {name} of group {group} must be {shape} {dtype}, '
+                                 f'got {arr.shape} {arr.dtype}')
+
+
 class _Buffer:
     """One persistent CMM buffer of the session: a writable numpy view plus its addresses."""
 
@@ -101,7 +193,7 @@ class _Buffer:
         self.view = np.frombuffer(ffi.buffer(buf.pVirAddr, self.size), np.uint8)
 
 
-class InBufferKV:
+class InBufferKV(KVBuffers):
     """One decoder layer's K/V cache, kept in its session's ``K_cache``/``V_cache`` buffers.
 
     ``step(feed, group, row, count)`` runs a shape group with ``K_cache``/``V_cache`` taken
@@ -111,9 +203,8 @@ class InBufferKV:
     ``K_cache_out``, ``V_cache_out``, ``output``, in whatever order the model has them.
     """
 
-    # Rows stay in the session's buffers between requests (only the first chunk's dummy feed
-    # lands on rows it then rewrites), so a prefill may resume on a kept prompt prefix.
-    keeps_rows = True
+    where = 'in the CMM input buffers'
+    _native = staticmethod(_native)
 
     def __init__(self, session, inner, ffi, elib, slib, decode_group: int):
         self._session = session  # owns the handle, context and buffers used below
@@ -121,44 +212,24 @@ class InBufferKV:
         self._handle, self._context, self._io = inner._handle, inner._context, inner._io
         self._multi = inner._shape_count > 1
         self._run_fn = elib.AX_ENGINE_RunGroupIOSync if self._multi else elib.AX_ENGINE_RunSyncV2
-        groups = range(inner._shape_count)
-        ins = {g: list(inner.get_inputs(g)) for g in groups}
-        outs = {g: list(inner.get_outputs(g)) for g in groups}
-        names = [a.name for a in ins[decode_group]]
-        if any([a.name for a in ins[g]] != names for g in groups):
-            raise ValueError('shape groups order their inputs differently')
         io = self._io[0]
-        if io.nInputSize != len(names) or io.nOutputSize != len(outs[decode_group]):
-            raise ValueError('the IO struct does not match the inputs / outputs')
-        self._in = [_Buffer(ffi, io.pInputs[i]) for i in range(len(names))]
+        ins, outs = self._layout(inner, decode_group, io.nInputSize, io.nOutputSize)
+        self._in = [_Buffer(ffi, io.pInputs[i]) for i in range(io.nInputSize)]
         self._out = [_Buffer(ffi, io.pOutputs[i]) for i in range(io.nOutputSize)]
-        k_at, v_at = names.index('K_cache'), names.index('V_cache')
-        dec = ins[decode_group][k_at]
-        _, self.length, self.width = (int(s) for s in dec.shape)
-        self.dtype = np.dtype(dec.dtype)
-        self.row_bytes = self.width * self.dtype.itemsize
+        k_at, v_at = self._k_at, self._v_at
         for at in (k_at, v_at):
             if self._in[at].size < self.length * self.row_bytes:
                 raise ValueError('a cache buffer is smaller than the decode group cache')
         self._k = self._rows(self._in[k_at])
         self._v = self._rows(self._in[v_at])
-        self._k_at, self._v_at = k_at, v_at
-        out_names = [a.name for a in outs[decode_group]]
-        missing = [n for n in LAYER_OUTPUTS if n not in out_names]
-        if missing or any([a.name for a in outs[g]] != out_names for g in groups):
-            raise ValueError(f'layer outputs {out_names} lack {missing} or differ by group')
-        self._out_at = [out_names.index(n) for n in LAYER_OUTPUTS]
         self._zero_and_probe(k_at, v_at)
         # Per group: for each input, a typed view of its buffer and the flush arguments of
         # exactly its bytes; for each output, the same for invalidating and copying out.
         self._groups = {}
-        for g in groups:
-            k = ins[g][k_at]
-            prefix = (len(k.shape) == 3 and tuple(k.shape[::2]) == (1, self.width)
-                      and k.shape[1] <= self.length and np.dtype(k.dtype) == self.dtype)
+        for g in ins:
             feeds = {a.name: self._slot(self._in[i], a) for i, a in enumerate(ins[g])}
             results = [self._slot(self._out[i], a) for i, a in enumerate(outs[g])]
-            self._groups[g] = (feeds, results, prefix)
+            self._groups[g] = (feeds, results, self._prefix(ins[g][k_at]))
 
     def _zero_and_probe(self, k_at: int, v_at: int) -> None:
         """Zero and flush the K/V buffers whole; try one interior flush (see the module doc)."""
@@ -192,22 +263,6 @@ class InBufferKV:
         return buf.view[:self.length * self.row_bytes].view(self.dtype).reshape(
             self.length, self.width)
 
-    @classmethod
-    def attach(cls, session, decode_group: int) -> InBufferKV | None:
-        """Return the in-buffer cache of a pyaxengine session, or None to use host arrays."""
-        if not enabled():
-            return None
-        native = _native(session)
-        if isinstance(native, str):
-            log.info('KV cache on the host (whole caches fed per step): %s', native)
-            return None
-        try:
-            return cls(session, *native, decode_group)
-        except Exception as e:  # noqa: BLE001 (any surprise in the internals: use plain run)
-            log.warning('KV cache on the host (whole caches fed per step): %s: %s',
-                        type(e).__name__, e)
-            return None
-
     def clear(self) -> None:
         """Zero every cache row and flush it (after a run that may have written NaN rows)."""
         self._k[...] = 0
@@ -235,16 +290,11 @@ class InBufferKV:
         flush = self._slib.AX_SYS_MflushCache
         for name, arr in feed.items():
             view, phy, vir, span = feeds[name]
-            if arr.shape != view.shape or arr.dtype != view.dtype:
-                raise RuntimeFailure(f'input {name} of group {group} must be {view.shape} '
-                                     f'{view.dtype}, got {arr.shape} {arr.dtype}')
+            self._check_input(name, arr, view.shape, view.dtype, group)
             view[...] = arr
             if flush(phy, vir, span) != 0:
                 raise RuntimeFailure(f'cache flush failed on input {name}')
-        if len(feed) != len(feeds) and not (prefix and len(feed) + 2 == len(feeds)
-                                            and 'K_cache' not in feed
-                                            and 'V_cache' not in feed):
-            raise RuntimeFailure(f'group {group} needs inputs {sorted(set(feeds) - set(feed))}')
+        self._check_feed(feed, feeds, prefix, group)
         if self._multi:
             ret = self._run_fn(self._handle[0], self._context[0], group, self._io)
         else:
@@ -261,12 +311,13 @@ class InBufferKV:
         """Run ``group`` with the cache in place; return copies of all outputs (like run)."""
         return [out.copy() for out in self._execute(feed, group)]
 
-    def step(self, feed: dict, group: int, row: int, count: int) -> np.ndarray:
+    def step(self, feed: dict, group: int, row: int, count: int,
+             fetch: bool = True) -> np.ndarray:
         """Run ``group`` with the cache in place and keep its new K/V rows.
 
         Rows [0, count) of ``K_cache_out`` / ``V_cache_out`` go to cache rows
         [row, row + count) (written and flushed, nothing else moves); returns a copy of the
-        hidden ``output``.
+        hidden ``output`` (CMM is host memory here: ``fetch`` changes nothing).
         """
         outs = self._execute(feed, group)
         k_out, v_out, out = (outs[i] for i in self._out_at)

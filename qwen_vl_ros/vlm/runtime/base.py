@@ -60,9 +60,14 @@ class Session:
 
 
 class Runtime:
-    """Opens sessions; one per process, chosen by ``select_runtime``."""
+    """Opens sessions; one per process, chosen by ``select_runtime``.
+
+    ``where`` says what runs the models once one is open (pyaxengine: the execution provider
+    and, on an M.2 card, which card), for the log and /diagnostics.
+    """
 
     name = ''
+    where = ''
 
     def open(self, paths: dict, role: str, files, kv_len: int) -> Session:
         """Open a model given as {shape group: path} (-1 = one file holding every group).

@@ -88,6 +88,7 @@ class OnnxRuntime(Runtime):
         self.providers = list(providers) if providers else ['CPUExecutionProvider']
         self.threads = threads
         self.weights = WeightMaps()  # one map per external data file, shared by all sessions
+        self.where = ', '.join(self.providers)
 
     def open(self, paths: dict, role: str = '', files=None, kv_len: int = 0) -> Session:
         """Open one model (one file per shape group); shapes come from the files."""

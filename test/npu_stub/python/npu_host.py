@@ -12,7 +12,9 @@ takes (float32), runs onnxruntime (one thread, one session per shape group) and 
 output in its declared dtype to device memory. An input no node of the graph reads gets a
 constant array (it cannot change the outputs; the benchmarks' data-moving stand-ins have many).
 ``STATS`` counts the time spent in runs, so a benchmark can subtract the "NPU" and keep the
-host's share; ``cache_stats()`` gives the bytes flushed / invalidated (counted in libax_sys).
+host's share; ``cache_stats()`` gives the bytes flushed / invalidated (counted in libax_sys),
+``link_stats()`` the card's bytes and calls over the link (counted in libaxcl_rt's
+axclrtMemcpy). The same callbacks serve the board's libax_engine and the card's libaxcl_rt.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ typedef AX_S32 (*AX_STUB_INFO_FN)(AX_U64 model, AX_U32 group, AX_ENGINE_IO_INFO_
 typedef AX_S32 (*AX_STUB_RUN_FN)(AX_U64 model, AX_U32 group, void **inputs, void **outputs);
 void AX_STUB_SetNpu(AX_STUB_LOAD_FN load, AX_STUB_UNLOAD_FN unload, AX_STUB_COUNT_FN count,
                     AX_STUB_INFO_FN info, AX_STUB_RUN_FN run);
+void AXCL_STUB_SetNpu(AX_STUB_LOAD_FN load, AX_STUB_UNLOAD_FN unload, AX_STUB_COUNT_FN count,
+                      AX_STUB_INFO_FN info, AX_STUB_RUN_FN run);
+void AXCL_STUB_GetLinkStats(uint64_t out[7]);
+void AXCL_STUB_ResetLinkStats(void);
 """
 
 # AX_ENGINE_DATA_TYPE_T codes (ax_engine_type.h, as pyaxengine's cdef declares them).
@@ -86,14 +92,39 @@ class Stats:
         self.npu_calls = 0
         if _state.get('sys'):
             _state['sys'].AX_STUB_ResetStats()
+        if _state.get('card'):
+            _state['card'].AXCL_STUB_ResetLinkStats()
 
 
 _state: dict = {}
 STATS = Stats()
 
 
+def on_card() -> bool:
+    """Tell whether only the card's libaxcl_rt is present (``with_npu_stub.sh --card``)."""
+    return _state.get('card') is not None and _state.get('engine') is None
+
+
+def link_stats() -> dict:
+    """Return the card's axclrtMemcpy counters and runs since the last reset.
+
+    As AX_STUB_LINK_STATS's JSON: host_to_device / device_to_host / device_to_device
+    {bytes, calls}, runs.
+    """
+    out = _state['ffi'].new('uint64_t[7]')
+    _state['card'].AXCL_STUB_GetLinkStats(out)
+    return {'host_to_device': {'bytes': out[0], 'calls': out[1]},
+            'device_to_host': {'bytes': out[2], 'calls': out[3]},
+            'device_to_device': {'bytes': out[4], 'calls': out[5]}, 'runs': out[6]}
+
+
 def cache_stats() -> dict:
-    """Bytes and calls of AX_SYS_MflushCache / AX_SYS_MinvalidateCache since the last reset."""
+    """Bytes and calls of AX_SYS_MflushCache / AX_SYS_MinvalidateCache since the last reset.
+
+    On the card: the link counters (``link_stats``) instead.
+    """
+    if not _state.get('sys'):
+        return {'link': link_stats()}
     out = _state['ffi'].new('AX_U64[4]')
     _state['sys'].AX_STUB_GetStats(out)
     return {'flush_bytes': out[0], 'flush_calls': out[1], 'invalidate_bytes': out[2],
@@ -196,10 +227,15 @@ def install() -> bool:
     import cffi
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
-    sys_path, engine_path = (ctypes.util.find_library(n) for n in ('ax_sys', 'ax_engine'))
-    if not sys_path or not engine_path:
+    # The board (libax_sys + libax_engine) and / or the M.2 card (libaxcl_rt), whichever the
+    # library path has: the NPU is registered with each.
+    sys_path, engine_path, card_path = (ctypes.util.find_library(n)
+                                        for n in ('ax_sys', 'ax_engine', 'axcl_rt'))
+    board = bool(sys_path and engine_path)
+    if not board and not card_path:
         return False
-    slib, elib = ffi.dlopen(sys_path), ffi.dlopen(engine_path)
+    slib, elib = (ffi.dlopen(sys_path), ffi.dlopen(engine_path)) if board else (None, None)
+    clib = ffi.dlopen(card_path) if card_path else None
     models: dict = {}
     counter = [0]
 
@@ -243,16 +279,20 @@ def install() -> bool:
     callbacks = [ffi.callback(f'AX_STUB_{kind}_FN', fn) for kind, fn in
                  (('LOAD', load), ('UNLOAD', unload), ('COUNT', count), ('INFO', info),
                   ('RUN', run))]
-    elib.AX_STUB_SetNpu(*callbacks)
-    _state.update(ffi=ffi, sys=slib, engine=elib, callbacks=callbacks, models=models)
+    if elib is not None:
+        elib.AX_STUB_SetNpu(*callbacks)
+    if clib is not None:
+        clib.AXCL_STUB_SetNpu(*callbacks)
+    _state.update(ffi=ffi, sys=slib, engine=elib, card=clib, callbacks=callbacks,
+                  models=models)
     return True
 
 
 def libraries():
     """(ffi, libax_sys, libax_engine) as opened by ``install`` (for the legacy runner)."""
-    if not install():
+    if not install() or _state['engine'] is None:
         raise ImportError('the stub NPU libraries are not on LD_LIBRARY_PATH')
     return _state['ffi'], _state['sys'], _state['engine']
 
 
-__all__ = ['install', 'libraries', 'STATS', 'cache_stats']
+__all__ = ['install', 'libraries', 'STATS', 'cache_stats', 'link_stats', 'on_card']
