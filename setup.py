@@ -23,12 +23,15 @@ setup(
         'transformers',
         'jinja2',  # transformers renders the chat template with it (not its own dependency)
         'onnxruntime',
+        # the onnxruntime backend reads where each weight lies in a layer's shared weights
+        # file (runtime/onnx.py: WeightMaps), so that its shape groups hold it once
+        'onnx',
         'pyyaml',
         'llguidance>=1.9,<2',  # constrained answers (choices, JSON Schema, regex)
     ],
     extras_require={
         # torch is needed only to export Hugging Face checkpoints, never at run time.
-        'export': ['torch', 'onnx'],
+        'export': ['torch'],
         'bag': ['rosbags'],
     },
     zip_safe=True,

@@ -5,13 +5,16 @@ buffer in an OrtValue without copying), so feeding a whole KV cache costs no cop
 
 Weights are held once. The shape groups of a decoder layer are separate graphs over one
 external data file (export/graph_io.py: SharedWeights). Left to itself, every onnxruntime
-session reads its own copy of those weights and pre-packs its MatMul weights into another
+session maps that file on its own and pre-packs its MatMul weights into a copy of its own
 (measured at the real size: 24 GB at layer 27 of 36, then the OOM killer). Here every external
 initializer is a view of one read-only memory map of its file, handed to each session with
-`SessionOptions.add_initializer`: sessions share user-provided initializers instead of copying
-them, and onnxruntime does not pre-pack an initializer it shares. One graph with dynamic shapes
-for all groups would also hold one copy, but it would change the exported layout (one file per
-group, as the axmodels have) and give up the static shapes the groups are checked against.
+`SessionOptions.add_initializer`, and pre-packing is off for those sessions: onnxruntime packs
+shared initializers too, which would put one copy per group back (measured: two groups over a
+64 MB weight, 140 MB resident with onnxruntime's defaults, 213 MB shared but packed, 85 MB
+shared and unpacked). Without packing a one-row (decode) MatMul ran as fast or faster and a
+64-row (prefill) one about 30 % slower on this machine. One graph with dynamic shapes for all
+groups would also hold one copy, but it would change the exported layout (one file per group,
+as the axmodels have) and give up the static shapes the groups are checked against.
 """
 
 from __future__ import annotations
@@ -54,8 +57,11 @@ class OnnxSession(Session):
                 opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
             try:
-                for name, value in weights.initializers(path):
+                shared = weights.initializers(path)
+                for name, value in shared:
                     opts.add_initializer(name, value)
+                if shared:  # a packed copy per session would undo the sharing (see above)
+                    opts.add_session_config_entry('session.disable_prepacking', '1')
                 sess = ort.InferenceSession(path, sess_options=opts, providers=providers)
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ModelDirError(f'onnxruntime cannot load {path}: {e}') from e
