@@ -94,13 +94,10 @@ def step_reference(args) -> dict:
     model = hf.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         args.hf_dir, attn_implementation='eager', **{kw: dtype}).eval()
     load_s = time.perf_counter() - start
-    hf.load.cache_clear()
-    proc_model, proc = None, None
     tok = hf.AutoTokenizer.from_pretrained(args.hf_dir)
     ip = hf.Qwen2VLImageProcessor.from_pretrained(args.hf_dir)
     ip.do_resize = False
     proc = hf.ImageOnlyProcessor(ip, tok, chat_template=tok.chat_template)
-    del proc_model
     name, frame = images(Path(args.seed_dir) if args.seed_dir else None)[0]
     content = [{'type': 'image'}, {'type': 'text', 'text': PROMPTS[0]}]
     text = proc.apply_chat_template([{'role': 'user', 'content': content}], tokenize=False,

@@ -198,6 +198,24 @@ def _image_topic(s, camera: str) -> str:
     return f'{camera}/{topic}' if camera else topic
 
 
+class HousekeepingViews:
+    """What both node classes (plain and managed) show of their `house` (a Housekeeping)."""
+
+    house: Housekeeping
+
+    @property
+    def settings(self):
+        return self.house.settings
+
+    @property
+    def counters(self):
+        return self.house.counters
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.house.exit_code
+
+
 class _RosLogHandler(logging.Handler):
     """Forwards the core's Python logging to the node's ROS logger."""
 

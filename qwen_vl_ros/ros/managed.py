@@ -41,7 +41,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from . import process
 from .convert import one_line
-from .housekeeping import Housekeeping
+from .housekeeping import Housekeeping, HousekeepingViews
 from .process import NODE_NAME
 from .serving import Serving, executor_threads
 
@@ -75,7 +75,7 @@ def not_active_reason(state: str, node: str) -> str:
     return f'not active (state {state}): {what}'
 
 
-class ManagedDescribeNode(LifecycleNode):
+class ManagedDescribeNode(HousekeepingViews, LifecycleNode):
     """A qwen_vl node whose Serving exists from configure to cleanup, serving only while active."""
 
     def __init__(self):
@@ -85,18 +85,6 @@ class ManagedDescribeNode(LifecycleNode):
         self._lifecycle = 'unconfigured'    # lifecycle_msgs state label, transitions included
         self._pipeline = None
         self._configure_error: BaseException | None = None   # the last configure's failure
-
-    @property
-    def settings(self):
-        return self.house.settings
-
-    @property
-    def counters(self):
-        return self.house.counters
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.house.exit_code
 
     @property
     def worker(self):

@@ -24,12 +24,12 @@ import sys
 from rclpy.node import Node
 
 from . import process
-from .housekeeping import Housekeeping
+from .housekeeping import Housekeeping, HousekeepingViews
 from .process import NODE_NAME
 from .serving import Serving, executor_threads
 
 
-class DescribeNode(Node):
+class DescribeNode(HousekeepingViews, Node):
     """The plain qwen_vl node: one Serving, made and activated at once.
 
     It subscribes the cameras, answers ~/describe, ~/detect, ~/describe_stream and describes
@@ -42,18 +42,6 @@ class DescribeNode(Node):
         self.house = Housekeeping(self)   # ValueError: bad parameters
         self.serving = Serving(self, self.house, self.house.load)
         self.serving.activate()
-
-    @property
-    def settings(self):
-        return self.house.settings
-
-    @property
-    def counters(self):
-        return self.house.counters
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.house.exit_code
 
     @property
     def worker(self):
