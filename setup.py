@@ -31,7 +31,8 @@ setup(
     ],
     extras_require={
         # torch is needed only to export Hugging Face checkpoints, never at run time.
-        'export': ['torch'],
+        # onnx-ir: onnxruntime's MatMulNBits quantizer (--weights int8) imports it
+        'export': ['torch', 'onnx-ir'],
         'bag': ['rosbags'],
     },
     zip_safe=True,
