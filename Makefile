@@ -17,6 +17,11 @@
 #   make test-tf5   .venv-tf5 (transformers 5.x, no torch, no ROS): the core tests again
 #   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
 #                   50 random stops (~17 min; not in make test) -> bench/SOAK.md
+#   make fullsize   the real Qwen2.5-VL-3B size on this PC (issue 16; ~45 min, ~16 GB of memory at
+#                   its peak, ~40 GB of disk in FULLSIZE_DIR; not in make test; run nothing heavy
+#                   beside it): a random-weight checkpoint from the real config, exported float32
+#                   and int8 by a venv made with pip install '.[export]', against transformers
+#                   -> bench/FULLSIZE.md
 #   make interfaces rebuild qwen_vl_interfaces into the venv now
 #   make clean      remove build products; make distclean also removes .venv
 #
@@ -181,6 +186,22 @@ SOAK_ARGS ?=
 .PHONY: soak
 soak: install
 	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/soak.py $(SOAK_ARGS)
+
+# The export venv is what a user makes: the CPU torch wheel first (a plain `torch` requirement
+# would pull a multi-GB CUDA build), then pip install '.[export]' (the newest transformers 5.x).
+FULLSIZE_DIR  ?= $(BUILD)/fullsize
+FULLSIZE_VENV ?= $(FULLSIZE_DIR)/venv
+FULLSIZE_ARGS ?=
+$(FULLSIZE_VENV)/.stamp: setup.py
+	$(PYTHON) -m venv $(FULLSIZE_VENV)
+	$(FULLSIZE_VENV)/bin/python3 -m pip --disable-pip-version-check install --quiet torch==2.13.0
+	$(FULLSIZE_VENV)/bin/python3 -m pip --disable-pip-version-check install --quiet '.[export]'
+	touch $@
+
+.PHONY: fullsize
+fullsize: install $(FULLSIZE_VENV)/.stamp
+	$(ROS_ENV) && cd $(REPO) && $(VPY) bench/fullsize.py --dir $(FULLSIZE_DIR) \
+	  --export-python $(FULLSIZE_VENV)/bin/python3 $(FULLSIZE_ARGS)
 
 clean:
 	rm -rf $(BUILD) *.egg-info .pytest_cache .ruff_cache

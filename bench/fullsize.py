@@ -61,6 +61,11 @@ class Run:
         self.env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def step(self, key: str, cmd: list, json_out: bool = True) -> dict:
+        done = self.dir / f'{key}.json'
+        if self.args.reuse and done.is_file():  # a run cut short goes on where it stopped
+            self.rows[key] = json.loads(done.read_text())
+            print(f'fullsize: {key}: reused from {done}', flush=True)
+            return self.rows[key]
         print(f'fullsize: {key} ...', flush=True)
         code, seconds, rss, last = run(cmd, self.dir / f'{key}.log', self.env)
         if code != 0:
@@ -103,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument('--report', default=str(REPO / 'bench' / 'FULLSIZE.md'))
     parser.add_argument('--keep-checkpoint', action='store_true',
                         help='reuse a checkpoint an earlier run built in --dir')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep the results of steps an earlier run in --dir finished '
+                             '(the report says which)')
     args = parser.parse_args(argv)
     r = Run(args)
     config, tokenizer = config_dirs(args)
@@ -112,13 +120,16 @@ def main(argv=None) -> int:
     free = shutil.disk_usage(r.dir).free / GB
     print(f'fullsize: {r.dir} ({free:.0f} GB free; ~40 GB needed)', flush=True)
 
-    if not (args.keep_checkpoint and (ckpt / 'config.json').is_file()):
+    if not ((args.keep_checkpoint or args.reuse) and (ckpt / 'config.json').is_file()):
         shutil.rmtree(ckpt, ignore_errors=True)
         r.step('checkpoint', [exp, STEPS, 'checkpoint', '--config-dir', config,
                               '--tokenizer-dir', tokenizer, '--out', ckpt])
+    elif (r.dir / 'checkpoint.json').is_file():
+        r.rows['checkpoint'] = json.loads((r.dir / 'checkpoint.json').read_text())
     ckpt_gb = sum(f.stat().st_size for f in ckpt.glob('*.safetensors')) / GB
     for key, out, weights in (('export_float32', f32, 'float32'), ('export_int8', i8, 'int8')):
-        shutil.rmtree(out, ignore_errors=True)
+        if not (args.reuse and (r.dir / f'{key}.json').is_file()):
+            shutil.rmtree(out, ignore_errors=True)
         r.step(key, [exp, '-m', 'qwen_vl_ros.export.cli', '--hf-dir', ckpt, '--out', out,
                      '--weights', weights], json_out=False)
     common = ['--n', args.n, '--seed-dir', seed_dir]
