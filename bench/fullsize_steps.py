@@ -3,7 +3,9 @@
     checkpoint  a random-weight Qwen2.5-VL-3B checkpoint from the real config.json, saved in bf16
                 by the installed transformers (the export venv's: 5.x)
     reference   transformers' own greedy generation on it (float32 or bf16): tokens, top-2
-                logit gaps, vision / first-token / decode timings
+                logit gaps, vision / first-token / decode timings. Run with the test venv's
+                transformers 4.57 (its image processor needs no torchvision; 5.x's does) and
+                lm_head tied as config.json says
     pipeline    our pipeline on an exported directory: the same generation, timings, and
                 teacher-forced logits over the quality cases (or a comparison with another
                 export's logits: --teacher)
@@ -89,10 +91,15 @@ def step_reference(args) -> dict:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[args.dtype]
+    from qwen_vl_ros.export.checkpoint import ties_embeddings, tie_lm_head
+
     start = time.perf_counter()
     kw = 'dtype' if int(transformers.__version__.split('.')[0]) >= 5 else 'torch_dtype'
     model = hf.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        args.hf_dir, attn_implementation='eager', **{kw: dtype}).eval()
+        args.hf_dir, attn_implementation='eager', low_cpu_mem_usage=True, **{kw: dtype}).eval()
+    # A checkpoint saved by transformers 5 under 4.x: tie as config.json says (issue 16)
+    if ties_embeddings(json.loads((Path(args.hf_dir) / 'config.json').read_text())):
+        tie_lm_head(model)
     load_s = time.perf_counter() - start
     tok = hf.AutoTokenizer.from_pretrained(args.hf_dir)
     ip = hf.Qwen2VLImageProcessor.from_pretrained(args.hf_dir)
