@@ -133,9 +133,11 @@ def main(argv=None) -> int:
         r.step(key, [exp, '-m', 'qwen_vl_ros.export.cli', '--hf-dir', ckpt, '--out', out,
                      '--weights', weights], json_out=False)
     common = ['--n', args.n, '--seed-dir', seed_dir]
-    ref32 = r.step('transformers_float32', [sys.executable, STEPS, 'reference', '--hf-dir', ckpt,
+    # transformers runs in the export venv: the major that wrote the checkpoint reads its
+    # config.json natively (4.57 finds no rope_scaling in a 5.x text_config).
+    ref32 = r.step('transformers_float32', [exp, STEPS, 'reference', '--hf-dir', ckpt,
                                             '--dtype', 'float32'] + common)
-    ref16 = r.step('transformers_bf16', [sys.executable, STEPS, 'reference', '--hf-dir', ckpt,
+    ref16 = r.step('transformers_bf16', [exp, STEPS, 'reference', '--hf-dir', ckpt,
                                          '--dtype', 'bfloat16'] + common)
     teacher = r.dir / 'float32_teacher.npz'
     ours32 = r.step('ours_float32', [sys.executable, STEPS, 'pipeline', '--model-dir', f32,

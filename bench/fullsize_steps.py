@@ -104,7 +104,10 @@ def step_reference(args) -> dict:
     tok = hf.AutoTokenizer.from_pretrained(args.hf_dir)
     ip = hf.Qwen2VLImageProcessor.from_pretrained(args.hf_dir)
     ip.do_resize = False
-    proc = hf.ImageOnlyProcessor(ip, tok, chat_template=tok.chat_template)
+    # The processor's template (chat_template.json), as transformers' Qwen2_5_VLProcessor reads
+    # it: tokenizer_config.json holds Qwen2.5-VL's text-only one.
+    template = json.loads((Path(args.hf_dir) / 'chat_template.json').read_text())['chat_template']
+    proc = hf.ImageOnlyProcessor(ip, tok, chat_template=template)
     name, frame = images(Path(args.seed_dir) if args.seed_dir else None)[0]
     content = [{'type': 'image'}, {'type': 'text', 'text': PROMPTS[0]}]
     text = proc.apply_chat_template([{'role': 'user', 'content': content}], tokenize=False,
