@@ -102,7 +102,12 @@ def step_reference(args) -> dict:
         tie_lm_head(model)
     load_s = time.perf_counter() - start
     tok = hf.AutoTokenizer.from_pretrained(args.hf_dir)
-    ip = hf.Qwen2VLImageProcessor.from_pretrained(args.hf_dir)
+    try:   # later 5.x: the numpy processor is the PIL one
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil as image_processor)
+    except ImportError:
+        image_processor = hf.Qwen2VLImageProcessor
+    ip = image_processor.from_pretrained(args.hf_dir)
     ip.do_resize = False
     # The processor's template (chat_template.json), as transformers' Qwen2_5_VLProcessor reads
     # it: tokenizer_config.json holds Qwen2.5-VL's text-only one.

@@ -10,11 +10,7 @@ import warnings
 import numpy as np
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
-try:   # transformers 5: the PIL/numpy processor (image_processing_qwen2_vl needs torchvision)
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil as Qwen2VLImageProcessor)
-except ImportError:   # 4.x: the slow processor is the numpy one
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
 try:
