@@ -26,9 +26,8 @@ GRID = (1, 4, 4)          # t, h, w patches: 16 patches, 4 merged image tokens
 
 def _inputs(config) -> dict:
     """Return fixed input_ids with one image, its pixel_values (16, 1176), image_grid_thw."""
-    cfg = config.to_dict()
-    image = cfg['image_token_id']
-    start, end = cfg['vision_start_token_id'], cfg['vision_end_token_id']
+    image = config.image_token_id
+    start, end = config.vision_start_token_id, config.vision_end_token_id
     text = [5, 17, 29, 41, 3]
     ids = text + [start] + [image] * (GRID[1] * GRID[2] // 4) + [end] + text[::-1]
     vision = config.vision_config

@@ -84,7 +84,7 @@ def as_read_by(config: dict, version: tuple[int, int]) -> dict:
         if tuple(version) < (4, 52):
             for key, value in config.pop('text_config').items():
                 config.setdefault(key, value)
-    if 'dtype' in config:  # 5.x's name; 4.49-4.55 read torch_dtype
+    if 'dtype' in config and tuple(version) < (4, 56):  # 4.56 renamed torch_dtype to dtype
         config.setdefault('torch_dtype', config['dtype'])
     vision_rope = (config.get('vision_config') or {}).get('rope_parameters') or {}
     if float(vision_rope.get('rope_theta', VISION_ROPE_THETA)) != VISION_ROPE_THETA:
