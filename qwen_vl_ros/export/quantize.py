@@ -1,12 +1,23 @@
-"""8-bit weights, float activations: MatMul -> onnxruntime's MatMulNBits (com.microsoft).
+"""8-bit weights: MatMul -> onnxruntime's MatMulNBits (com.microsoft), bits=8.
 
 The board runs Qwen2.5-VL-3B as a w8a16 build (8-bit weights, 16-bit float activations). The PC
 stand-in of that is onnxruntime's MatMulNBits with bits=8: every MatMul whose B is a constant
 weight (q/k/v/o projections, the MLP, lm_head) keeps its weight as symmetric 8-bit blocks of
-BLOCK_SIZE input rows, each with a float32 scale, and multiplies with float32 activations
-(accuracy level ACCURACY_LEVEL). onnxruntime.quantization does the quantizing (its
-MatMulNBitsQuantizer with the default round-to-nearest algorithm); nothing here re-implements it.
-Attention's activation x activation MatMuls have no constant B and stay float32.
+BLOCK_SIZE input rows, each with a float32 scale. onnxruntime.quantization does the quantizing
+(its MatMulNBitsQuantizer with the default round-to-nearest algorithm); nothing here
+re-implements it. Attention's activation x activation MatMuls have no constant B and stay float32.
+
+Where this differs from the board: the multiply. onnxruntime (1.22-1.32) has a fast x86 kernel
+for 8-bit weights only at accuracy_level 4, which quantizes each BLOCK_SIZE block of the
+activation row to int8 with its own float scale at run time (dynamic w8a8); at level 1
+(float32 activations, w8a32) it dequantizes the whole weight on every call. Measured on one
+real-size decoder layer, 1-token decode, 2 cores (onnxruntime 1.32): level 1 272 ms, level 4
+5.1 ms with pre-packed weights (257 ms without), output cosine vs float32 0.9999 (level 1:
+0.99997). A 3.75 B model at level 1 decoded 10.5 s/token, 14x slower than transformers float32,
+so level 4 it is; the whole model's agreement with float32 is measured by `make fullsize`
+(bench/FULLSIZE.md). Pre-packing is what makes level 4 fast: runtime/onnx.py keeps one packed
+copy per layer, the decode group's; the prefill groups read the unpacked 8-bit file, which
+onnxruntime dequantizes per call and multiplies in float32 (w8a32: prefill is compute-bound).
 """
 import logging
 
@@ -14,9 +25,9 @@ import onnx
 
 # Blocks of 128 input channels per scale: onnxruntime's default and a common w8 granularity.
 BLOCK_SIZE = 128
-# MatMulNBits' accuracy_level 1 = float32 compute: activations are never quantized (w8a32);
-# level 4 would quantize them to int8 per block (w8a8), which the board's w8a16 does not do.
-ACCURACY_LEVEL = 1
+# MatMulNBits' accuracy_level 4: int8 compute, activations quantized per block at run time
+# (the only fast 8-bit kernel onnxruntime has on x86; see above).
+ACCURACY_LEVEL = 4
 
 
 def quantize_matmul_int8(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -19,6 +19,7 @@ as the axmodels have) and give up the static shapes the groups are checked again
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import ml_dtypes
@@ -45,19 +46,33 @@ def _specs(args) -> list[TensorSpec]:
 class OnnxSession(Session):
     """A model as one onnxruntime InferenceSession per shape group."""
 
-    def __init__(self, paths: dict, providers, threads: int, weights: WeightMaps | None = None):
+    def __init__(self, paths: dict, providers, threads: int, weights: WeightMaps | None = None,
+                 role: str = ''):
         import onnxruntime as ort
         self.path = paths[min(paths)]
         self._sessions = {}
         # The OrtValues of shared initializers do not own their bytes: keep the maps alive.
         self._weights = weights = weights if weights is not None else WeightMaps()
+        graphs = {group: weights.graph(path) for group, path in paths.items()}
+        # 8-bit MatMulNBits is only fast pre-packed (export/quantize.py): the decode group
+        # (CONTRACT.md: group 0; a one-group model's only group) keeps the one packed copy,
+        # loaded by onnxruntime itself, which drops the file's bytes once packed.
+        own = {g for g, graph in graphs.items() if g <= 0 and _quantized(graph)}
+        # Pages of weights only a prefill group (next to a packed decode copy) or the vision
+        # tower (once per image) reads are handed back to the page cache after each run, so
+        # they do not sit in this process between requests.
+        self._transient = {g for g in graphs if g not in own and (own or role == 'vision')}
         for group, path in sorted(paths.items()):
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
+            # Every session has its own intra-op pool, and by default its threads spin for a
+            # while after each run, taking the cores from the next layer's session (measured at
+            # full size: 30 ms per int8 layer in the pipeline, 6 ms alone).
+            opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
             try:
-                shared = weights.initializers(path)
+                shared = [] if group in own else weights.initializers(path, graphs[group])
                 for name, value in shared:
                     opts.add_initializer(name, value)
                 if shared:  # a packed copy per session would undo the sharing (see above)
@@ -66,7 +81,8 @@ class OnnxSession(Session):
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ModelDirError(f'onnxruntime cannot load {path}: {e}') from e
             self._sessions[max(group, 0)] = (
-                sess, _specs(sess.get_inputs()), _specs(sess.get_outputs()))
+                sess, _specs(sess.get_inputs()), _specs(sess.get_outputs()), path)
+        self._transient = {max(g, 0) for g in self._transient}
         self.groups = tuple(sorted(self._sessions))
 
     def inputs(self, group: int = 0) -> list[TensorSpec]:
@@ -83,6 +99,9 @@ class OnnxSession(Session):
             return self._sessions[group][0].run(None, feed)
         except Exception as e:
             raise RuntimeFailure(f'onnxruntime failed on {self.path} group {group}: {e}') from e
+        finally:
+            if group in self._transient:
+                self._weights.release(self._sessions[group][3])
 
 
 class OnnxRuntime(Runtime):
@@ -98,7 +117,12 @@ class OnnxRuntime(Runtime):
 
     def open(self, paths: dict, role: str = '', files=None, kv_len: int = 0) -> Session:
         """Open one model (one file per shape group); shapes come from the files."""
-        return OnnxSession(paths, self.providers, self.threads, self.weights)
+        return OnnxSession(paths, self.providers, self.threads, self.weights, role)
+
+
+def _quantized(graph) -> bool:
+    """Tell whether the graph holds 8-bit MatMulNBits weights (qwen-vl-export --weights int8)."""
+    return any(node.op_type == 'MatMulNBits' for node in graph.graph.node)
 
 
 
@@ -114,21 +138,30 @@ class WeightMaps:
     def __init__(self):
         self._maps: dict[Path, np.memmap] = {}
         self._values: dict[tuple, object] = {}
+        self._files: dict[Path, set] = {}  # model path -> external data files it views
 
-    def initializers(self, path) -> list[tuple[str, object]]:
+    @staticmethod
+    def graph(path):
+        """Read the onnx.ModelProto at `path` without its external data (raises ModelDirError)."""
+        import onnx
+        try:
+            return onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError, OSError
+            raise ModelDirError(f'cannot read {path}: {e}') from e
+
+    def initializers(self, path, model=None) -> list[tuple[str, object]]:
         """(name, OrtValue) of the external initializers of the .onnx file `path`.
 
-        Raises ModelDirError when the model or an external data range cannot be read.
+        `model` is that file's graph when the caller has read it already. Raises ModelDirError
+        when the model or an external data range cannot be read.
         """
         import onnx
         from onnx.external_data_helper import ExternalDataInfo, uses_external_data
         from onnxruntime import OrtValue
 
         path = Path(path)
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # protobuf's DecodeError, OSError
-            raise ModelDirError(f'cannot read {path}: {e}') from e
+        model = model if model is not None else self.graph(path)
+        files = self._files.setdefault(path, set())
         found = []
         for tensor in model.graph.initializer:
             if not uses_external_data(tensor):
@@ -137,12 +170,24 @@ class WeightMaps:
             data = (path.parent / info.location).resolve()
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             shape = tuple(tensor.dims)
+            files.add(data)
             key = (data, info.offset or 0, dtype.str, shape)
             if key not in self._values:
                 self._values[key] = OrtValue.ortvalue_from_numpy(
                     self._view(data, info.offset or 0, info.length, dtype, shape))
             found.append((tensor.name, self._values[key]))
         return found
+
+    def release(self, path) -> None:
+        """Drop this process's pages of the files the model at `path` views (madvise DONTNEED).
+
+        The maps stay valid: the next read faults the bytes back in from the page cache (or the
+        disk, if the kernel needed the memory meanwhile). A no-op where madvise is missing.
+        """
+        for data in self._files.get(Path(path), ()):
+            mm = getattr(self._maps[data], '_mmap', None)
+            if mm is not None and hasattr(mm, 'madvise'):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     def _view(self, data: Path, offset: int, length, dtype: np.dtype, shape: tuple):
         if data not in self._maps:
