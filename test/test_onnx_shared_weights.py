@@ -132,3 +132,59 @@ def test_vision_weights_leave_the_process_after_a_run(tmp_path):
     x = np.random.default_rng(1).standard_normal((1, 64, HIDDEN)).astype(np.float32)
     np.testing.assert_allclose(np.load(tmp_path / 'vision_out0.npy'), x @ weight, rtol=1e-4,
                                atol=1e-3)
+
+
+ARENA_PROBE = r'''
+import json, sys
+import numpy as np
+import onnx
+import onnxruntime as ort
+from qwen_vl_ros.vlm.runtime.onnx import OnnxSession
+
+def rss_mib():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
+
+folder, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+x = np.random.default_rng(0).standard_normal((1, 1024, 2048)).astype(np.float32)
+before = rss_mib()
+sessions = []
+for i in range(count):  # as the layers of a model: each opened, then run once in turn
+    path = f'{folder}/m{i}.onnx'
+    if mode == 'ours':
+        sessions.append(OnnxSession({-1: path}, ['CPUExecutionProvider'], 1, role='layer'))
+    else:
+        sessions.append(ort.InferenceSession(path, providers=['CPUExecutionProvider']))
+for s in sessions:
+    out = s.run({'x': x}) if mode == 'ours' else s.run(None, {'x': x})
+    assert np.allclose(out[0], (x * x + x).sum(-1), rtol=1e-4, atol=1e-2)
+print(json.dumps({'grown_mib': rss_mib() - before}))
+'''
+
+
+def test_sessions_share_one_arena(tmp_path):
+    # 12 models with 8 MiB intermediates (a prefill group's activations, scaled down): a
+    # session's own arena keeps its peak after the run, so they add up; one shared arena
+    # holds about one model's
+    count = 12
+    for i in range(count):
+        x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 1024, 2048])
+        y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 1024])
+        nodes = [helper.make_node('Mul', ['x', 'x'], ['sq']),
+                 helper.make_node('Add', ['sq', 'x'], ['sum']),
+                 helper.make_node('ReduceSum', ['sum', 'axes'], ['y'], keepdims=0)]
+        axes = numpy_helper.from_array(np.array([-1], np.int64), 'axes')
+        graph = helper.make_graph(nodes, f'm{i}', [x], [y], [axes])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]),
+                  str(tmp_path / f'm{i}.onnx'))
+
+    def grown(mode):
+        out = subprocess.run([sys.executable, '-c', ARENA_PROBE, str(tmp_path), mode,
+                              str(count)], check=True, capture_output=True, text=True,
+                             timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1])['grown_mib']
+
+    plain, ours = grown('plain'), grown('ours')
+    activations = 2 * 8  # MiB: sq and sum of one model
+    assert plain > count * activations, f'plain onnxruntime grew {plain:.0f} MiB'
+    assert ours < plain / 3, f'one arena grew {ours:.0f} MiB ({plain:.0f} with one per session)'
