@@ -87,7 +87,9 @@ def step_reference(args) -> dict:
     from transformers import LogitsProcessor, LogitsProcessorList
 
     sys.path.insert(0, str(REPO / 'test'))
-    import hf_reference as hf
+    # not hf_reference: under 5.x its image processor import needs torchvision
+    from hf_processor import ImageOnlyProcessor
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[args.dtype]
@@ -95,24 +97,25 @@ def step_reference(args) -> dict:
 
     start = time.perf_counter()
     kw = 'dtype' if int(transformers.__version__.split('.')[0]) >= 5 else 'torch_dtype'
-    model = hf.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         args.hf_dir, attn_implementation='eager', low_cpu_mem_usage=True, **{kw: dtype}).eval()
     # A checkpoint saved by transformers 5 under 4.x: tie as config.json says (issue 16)
     if ties_embeddings(json.loads((Path(args.hf_dir) / 'config.json').read_text())):
         tie_lm_head(model)
     load_s = time.perf_counter() - start
-    tok = hf.AutoTokenizer.from_pretrained(args.hf_dir)
+    tok = AutoTokenizer.from_pretrained(args.hf_dir)
     try:   # later 5.x: the numpy processor is the PIL one
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil as image_processor)
-    except ImportError:
-        image_processor = hf.Qwen2VLImageProcessor
+    except ImportError:   # 4.x (and 5.x before the PIL one): needs no torchvision there
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+            Qwen2VLImageProcessor as image_processor)
     ip = image_processor.from_pretrained(args.hf_dir)
     ip.do_resize = False
     # The processor's template (chat_template.json), as transformers' Qwen2_5_VLProcessor reads
     # it: tokenizer_config.json holds Qwen2.5-VL's text-only one.
     template = json.loads((Path(args.hf_dir) / 'chat_template.json').read_text())['chat_template']
-    proc = hf.ImageOnlyProcessor(ip, tok, chat_template=template)
+    proc = ImageOnlyProcessor(ip, tok, chat_template=template)
     name, frame = images(Path(args.seed_dir) if args.seed_dir else None)[0]
     content = [{'type': 'image'}, {'type': 'text', 'text': PROMPTS[0]}]
     text = proc.apply_chat_template([{'role': 'user', 'content': content}], tokenize=False,

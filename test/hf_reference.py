@@ -9,28 +9,14 @@ import warnings
 
 import numpy as np
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-from transformers.processing_utils import ProcessorMixin
+
+from hf_processor import ImageOnlyProcessor  # noqa: F401 (the tests use hf.ImageOnlyProcessor)
 
 try:
     import torch
 except ImportError:   # the processors work without it (test_real_tokenizer in .venv-jazzy)
     torch = None
-
-
-class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-    """Qwen2_5_VLProcessor without its video processor (that one needs torchvision)."""
-
-    attributes = ['image_processor', 'tokenizer']
-    tokenizer_class = ('PreTrainedTokenizerFast', 'Qwen2TokenizerFast')
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.image_token = '<|image_pad|>'
-        self.video_token = '<|video_pad|>'
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
 @functools.lru_cache(maxsize=4)
