@@ -33,9 +33,15 @@ def _inputs(config) -> dict:
     vision = config.vision_config
     width = 3 * vision.temporal_patch_size * vision.patch_size ** 2
     pixels = np.random.default_rng(3).standard_normal((GRID[0] * GRID[1] * GRID[2], width))
-    return {'input_ids': torch.tensor([ids]),
+    feed = {'input_ids': torch.tensor([ids]),
             'pixel_values': torch.tensor(pixels, dtype=torch.float32),
             'image_grid_thw': torch.tensor([GRID])}
+    if int(transformers.__version__.split('.')[0]) >= 5:
+        # 5.x computes the 3-D rope positions only when given which tokens are an image's
+        # (its processor returns them; without, image tokens get plain 1-D positions and the
+        # logits differ from 4.x's from the first image token on)
+        feed['mm_token_type_ids'] = (feed['input_ids'] == image).int()
+    return feed
 
 
 def _logits(model) -> np.ndarray:
