@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
-from hf_processor import ImageOnlyProcessor  # noqa: F401 (the tests use hf.ImageOnlyProcessor)
+from hf_processor import ImageOnlyProcessor, image_processor_class
+from hf_processor import rope_index as _rope_index
 
 try:
     import torch
@@ -25,7 +25,7 @@ def load(hf_dir: str):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         hf_dir, attn_implementation='eager', torch_dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    ip = Qwen2VLImageProcessor.from_pretrained(hf_dir)
+    ip = image_processor_class().from_pretrained(hf_dir)
     ip.do_resize = False  # frames are given at the vision model's size
     return model, ImageOnlyProcessor(ip, tok, chat_template=tok.chat_template)
 
@@ -73,9 +73,9 @@ def generate(hf_dir: str, frames, prompt: str, n: int, second_per_grid_t: float 
 def rope_index(hf_dir: str, feed: dict) -> np.ndarray:
     """Return transformers' 3-D rope positions (3, T) for ``feed``."""
     model, _ = load(hf_dir)
-    pos, _ = model.model.get_rope_index(
-        feed['input_ids'], feed.get('image_grid_thw'), feed.get('video_grid_thw'),
-        feed.get('second_per_grid_ts'), feed['attention_mask'])
+    pos, _ = _rope_index(model, feed['input_ids'], feed.get('image_grid_thw'),
+                         feed.get('video_grid_thw'), feed.get('second_per_grid_ts'),
+                         feed['attention_mask'])
     return pos[:, 0].numpy()
 
 
