@@ -5,7 +5,8 @@
 #                   its executables linked into .venv/lib/qwen_vl_ros (ros2 run / ros2 launch)
 #   make ros2cli    the ros2 command line from ../shared/ros2cli into .venv (when it exists)
 #   make lint       ruff (pyflakes, pycodestyle, pydocstyle; ruff.toml) + Python 3.10 syntax check
-#   make test       venv, then lint, pytest, test-jazzy and test-tf5 (all run; any failing fails)
+#   make test       venv, then lint, pytest, test-jazzy, test-tf5 and test-export (all run; any
+#                   failing fails)
 #   make pytest     install, then pytest with the loopback ROS environment (PYTEST_ARGS=...);
 #                   -rs: every skipped test is listed with its reason
 #   make demo       install, then the node on a synthetic camera recording (MODEL_DIR=DIR: a real
@@ -17,7 +18,6 @@
 #   make test-tf5   .venv-tf5 (transformers 5.x, no torch, no ROS): the core tests again
 #   make test-export .venv-export (torch, transformers 5.x, made by pip install '.[export]'): the
 #                   exporter's tests, and checkpoints written by 4.49 / 4.57 / 5.x read by each
-#                   (not yet in make test: 4.x <-> 5.x logits still differ, issue 16)
 #   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
 #                   50 random stops (~17 min; not in make test) -> bench/SOAK.md
 #   make fullsize   the real Qwen2.5-VL-3B size on this PC (issue 16; ~45 min, ~16 GB of memory at
@@ -111,6 +111,7 @@ test: venv
 	$(MAKE) --no-print-directory pytest || status=$$?; \
 	$(MAKE) --no-print-directory test-jazzy || status=$$?; \
 	$(MAKE) --no-print-directory test-tf5 || status=$$?; \
+	$(MAKE) --no-print-directory test-export || status=$$?; \
 	if [ -n "$${lint_failed:-}" ]; then echo "make test: lint failed (see the ruff output above)"; fi; \
 	exit $$status
 
