@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--embeddings', choices=EMBEDDING_KINDS, default='npy',
                         help='float32 .npy (demo layout) or raw bf16 .bin (released layout)')
     parser.add_argument('--weights', choices=('float32', 'int8'), default='float32',
-                        help='decoder and lm_head MatMul weights: float32, or int8 (8-bit '
-                             'blocks with float activations, like the board\'s w8a16 build: '
-                             'about a quarter of the memory)')
+                        help='MatMul weights of the decoder, lm_head and vision tower: '
+                             'float32, or int8 (8-bit blocks, like the board\'s w8a16 build: '
+                             'about a quarter of the memory; README: Run on a PC)')
     return parser
 
 

@@ -16,9 +16,8 @@ from .post import PostStandIn
 from .shapes import LAYER_INPUTS, LAYER_OUTPUTS, LayerGroup, layer_groups, max_context
 from .vision import INPUT_NAME, OUTPUT_NAME, VisionStandIn, example_input
 
-# Weights of the decoder layers' and the post model's MatMuls: float32, or 8-bit blocks with
-# float activations (onnxruntime's MatMulNBits, export/quantize.py). The vision tower and the
-# embedding table stay float32 either way.
+# Weights of the MatMuls (decoder layers, post model, vision tower): float32, or 8-bit blocks
+# (onnxruntime's MatMulNBits, export/quantize.py). The embedding table stays float32 either way.
 WEIGHT_KINDS = ('float32', 'int8')
 
 
@@ -98,7 +97,8 @@ def export_checkpoint(hf_dir, out_dir, options: ExportOptions = ExportOptions(),
     del post, graph
     files.write_embeddings(model.get_input_embeddings().weight.detach().float().numpy(), out,
                            options.embeddings)
-    _export_vision(model, out, options.image_size, grid, pre['image_mean'], pre['image_std'])
+    _export_vision(model, out, options.image_size, grid, pre['image_mean'], pre['image_std'],
+                   quantize if options.weights != 'float32' else None)
     files.copy_hf_files(hf_dir, out)
     log(f'exported {out} ({options.weights} weights) in {time.perf_counter() - start:.1f} s')
     return out
@@ -130,13 +130,20 @@ def _layer_groups(cfg, options: ExportOptions) -> list[LayerGroup]:
 
 
 def _export_vision(model, out: Path, image_size: tuple[int, int], grid: tuple[int, int],
-                   image_mean: list[float], image_std: list[float]) -> None:
+                   image_mean: list[float], image_std: list[float], quantize=None) -> None:
     vcfg = model.config.vision_config
     visual = vision_tower(model).float()  # its last user: converted in place, not copied
     wrapper = VisionStandIn(visual, *grid, image_mean, image_std)
     example = example_input(*grid, vcfg.temporal_patch_size, vcfg.patch_size)
-    export_graph(wrapper.eval(), (example,), out / vision_file(*image_size),
-                 (INPUT_NAME,), (OUTPUT_NAME,))
+    path = out / vision_file(*image_size)
+    if quantize is None:
+        export_graph(wrapper.eval(), (example,), path, (INPUT_NAME,), (OUTPUT_NAME,))
+        return
+    graph = trace_graph(wrapper.eval(), (example,), (INPUT_NAME,), (OUTPUT_NAME,),
+                        scratch_dir=out)
+    # External data even when small enough to inline: the runtime maps it and hands its pages
+    # back after each image (runtime/onnx.py); inline bytes would stay in onnxruntime's memory.
+    save_graph(quantize(graph), path, max_inline_bytes=0)
 
 
 def _export_layers(model, out: Path, prefill_len: int, groups: list[LayerGroup],

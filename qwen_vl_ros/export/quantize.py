@@ -5,7 +5,9 @@ stand-in of that is onnxruntime's MatMulNBits with bits=8: every MatMul whose B 
 weight (q/k/v/o projections, the MLP, lm_head) keeps its weight as symmetric 8-bit blocks of
 BLOCK_SIZE input rows, each with a float32 scale. onnxruntime.quantization does the quantizing
 (its MatMulNBitsQuantizer with the default round-to-nearest algorithm); nothing here
-re-implements it. Attention's activation x activation MatMuls have no constant B and stay float32.
+re-implements it. Attention's activation x activation MatMuls have no constant B and stay
+float32. The vision tower's Linear layers come out of torch as Gemm (2-D input), which the
+quantizer does not take: `gemm_to_matmul` turns each into MatMul (+ Add for the bias) first.
 
 Where this differs from the board: the multiply. onnxruntime (1.22-1.32) has a fast x86 kernel
 for 8-bit weights only at accuracy_level 4, which quantizes each BLOCK_SIZE block of the
@@ -22,6 +24,7 @@ onnxruntime dequantizes per call and multiplies in float32 (w8a32: prefill is co
 import logging
 
 import onnx
+from onnx import helper, numpy_helper
 
 # Blocks of 128 input channels per scale: onnxruntime's default and a common w8 granularity.
 BLOCK_SIZE = 128
@@ -33,6 +36,8 @@ ACCURACY_LEVEL = 4
 def quantize_matmul_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return `model` (changed in place) with every constant-weight MatMul as 8-bit MatMulNBits.
 
+    Gemms with a stored weight become MatMuls first (`gemm_to_matmul`).
+
     Raises ImportError when onnxruntime lacks its quantization tools (onnxruntime >= 1.22 has
     8-bit MatMulNBits on the CPU).
     """
@@ -42,9 +47,50 @@ def quantize_matmul_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     )
     config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True,
                                           accuracy_level=ACCURACY_LEVEL, bits=8)
+    gemm_to_matmul(model)
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
                                      accuracy_level=ACCURACY_LEVEL, algo_config=config)
     # The quantizer logs one INFO line per MatMul: thousands at full size.
     logging.getLogger('onnxruntime.quantization').setLevel(logging.WARNING)
     quantizer.process()
     return quantizer.model.model
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite each Gemm with a stored weight B as MatMul(A, B or B^T) + Add(C); return how many.
+
+    Gemm (ONNX operator spec): Y = alpha * A' B' + beta * C with A' = A or A^T (transA), B' = B or
+    B^T (transB). Only alpha = beta = 1 and transA = 0 are rewritten (what torch exports for
+    nn.Linear: transB = 1); others are left as they are. B is stored transposed as a new
+    initializer, so that MatMul's B is (in, out) as the quantizer wants it.
+    """
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    rewritten, nodes = 0, []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != 'Gemm' or node.input[1] not in weights
+                or attrs.get('alpha', 1.0) != 1.0 or attrs.get('beta', 1.0) != 1.0
+                or attrs.get('transA', 0)):
+            nodes.append(node)
+            continue
+        b = numpy_helper.to_array(weights[node.input[1]])
+        name = f'{node.input[1]}_matmul'
+        graph.initializer.append(numpy_helper.from_array(
+            b.T.copy() if attrs.get('transB', 0) else b, name))
+        out = node.output[0]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else ''
+        product = f'{out}_matmul' if bias else out
+        nodes.append(helper.make_node('MatMul', [node.input[0], name], [product],
+                                      name=f'{node.name}_matmul'))
+        if bias:
+            nodes.append(helper.make_node('Add', [product, bias], [out], name=f'{node.name}_bias'))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # weights no node reads any more (every B that only its Gemm used) leave the file
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return rewritten

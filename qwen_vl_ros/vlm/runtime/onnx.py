@@ -55,9 +55,11 @@ class OnnxSession(Session):
         self._weights = weights = weights if weights is not None else WeightMaps()
         graphs = {group: weights.graph(path) for group, path in paths.items()}
         # 8-bit MatMulNBits is only fast pre-packed (export/quantize.py): the decode group
-        # (CONTRACT.md: group 0; a one-group model's only group) keeps the one packed copy,
-        # loaded by onnxruntime itself, which drops the file's bytes once packed.
-        own = {g for g, graph in graphs.items() if g <= 0 and _quantized(graph)}
+        # (CONTRACT.md: group 0; the post model's only group) keeps the one packed copy,
+        # loaded by onnxruntime itself, which drops the file's bytes once packed. The vision
+        # tower runs once per image: unpacked (float activations), its pages handed back.
+        own = {g for g, graph in graphs.items()
+               if g <= 0 and role != 'vision' and _quantized(graph)}
         # Pages of weights only a prefill group (next to a packed decode copy) or the vision
         # tower (once per image) reads are handed back to the page cache after each run, so
         # they do not sit in this process between requests.
