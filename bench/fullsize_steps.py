@@ -87,8 +87,7 @@ def step_reference(args) -> dict:
     from transformers import LogitsProcessor, LogitsProcessorList
 
     sys.path.insert(0, str(REPO / 'test'))
-    # not hf_reference: under 5.x its image processor import needs torchvision
-    from hf_processor import ImageOnlyProcessor
+    from hf_processor import ImageOnlyProcessor, image_processor_class
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -104,13 +103,7 @@ def step_reference(args) -> dict:
         tie_lm_head(model)
     load_s = time.perf_counter() - start
     tok = AutoTokenizer.from_pretrained(args.hf_dir)
-    try:   # later 5.x: the numpy processor is the PIL one
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil as image_processor)
-    except ImportError:   # 4.x (and 5.x before the PIL one): needs no torchvision there
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
-            Qwen2VLImageProcessor as image_processor)
-    ip = image_processor.from_pretrained(args.hf_dir)
+    ip = image_processor_class().from_pretrained(args.hf_dir)
     ip.do_resize = False
     # The processor's template (chat_template.json), as transformers' Qwen2_5_VLProcessor reads
     # it: tokenizer_config.json holds Qwen2.5-VL's text-only one.

@@ -141,6 +141,8 @@ def _export_vision(model, out: Path, image_size: tuple[int, int], grid: tuple[in
         return
     graph = trace_graph(wrapper.eval(), (example,), (INPUT_NAME,), (OUTPUT_NAME,),
                         scratch_dir=out)
+    visual.to('meta')  # the graph holds the weights now: the tower's own copy goes
+    gc.collect()
     # External data even when small enough to inline: the runtime maps it and hands its pages
     # back after each image (runtime/onnx.py); inline bytes would stay in onnxruntime's memory.
     save_graph(quantize(graph), path, max_inline_bytes=0)

@@ -61,11 +61,15 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
 
     Gemm (ONNX operator spec): Y = alpha * A' B' + beta * C with A' = A or A^T (transA), B' = B or
     B^T (transB). Only alpha = beta = 1 and transA = 0 are rewritten (what torch exports for
-    nn.Linear: transB = 1); others are left as they are. B is stored transposed as a new
-    initializer, so that MatMul's B is (in, out) as the quantizer wants it.
+    nn.Linear: transB = 1); others are left as they are. MatMul's B is (in, out), as the
+    quantizer wants it: a transB weight is stored transposed.
     """
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
     rewritten, nodes = 0, []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -74,10 +78,17 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 or attrs.get('transA', 0)):
             nodes.append(node)
             continue
-        b = numpy_helper.to_array(weights[node.input[1]])
-        name = f'{node.input[1]}_matmul'
-        graph.initializer.append(numpy_helper.from_array(
-            b.T.copy() if attrs.get('transB', 0) else b, name))
+        name = node.input[1]
+        if attrs.get('transB', 0):
+            # B^T replaces B in place when this Gemm is its only reader (one copy at a time:
+            # the vision tower is 2.7 GB of float32), else sits beside it
+            b = numpy_helper.to_array(weights[name]).T.copy()
+            if readers[name] > 1:
+                name = f'{name}_t'
+                graph.initializer.append(numpy_helper.from_array(b, name))
+            else:
+                weights[name].CopyFrom(numpy_helper.from_array(b, name))
+            del b
         out = node.output[0]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else ''
         product = f'{out}_matmul' if bias else out
@@ -88,9 +99,4 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
-    # weights no node reads any more (every B that only its Gemm used) leave the file
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     return rewritten
