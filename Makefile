@@ -20,7 +20,7 @@
 #                   exporter's tests, and checkpoints written by 4.49 / 4.57 / 5.x read by each
 #   make soak       install, then bench/soak.py: 10 min of camera stream, timer and calls, then
 #                   50 random stops (~17 min; not in make test) -> bench/SOAK.md
-#   make fullsize   the real Qwen2.5-VL-3B size on this PC (issue 16; ~45 min, ~16 GB of memory at
+#   make fullsize   the real Qwen2.5-VL-3B size on this PC (issue 16; ~45 min, ~23 GB of memory at
 #                   its peak, ~40 GB of disk in FULLSIZE_DIR; not in make test; run nothing heavy
 #                   beside it): a random-weight checkpoint from the real config, exported float32
 #                   and int8 by a venv made with pip install '.[export]', against transformers

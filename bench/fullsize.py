@@ -6,7 +6,8 @@ pipeline, `qwen-vl-describe` and the node on the exports, runs transformers (flo
 on the same weights, and writes bench/FULLSIZE.md. Every step is its own process, so that its
 peak RSS is its own (os.wait4). Exits 1 when a target is missed.
 
-Not part of `make test`: it takes tens of minutes, ~16 GB of memory at its peak and ~40 GB of
+Not part of `make test`: it takes tens of minutes, ~23 GB of memory at its peak (transformers
+float32, the reference; our own steps stay within 16.5 GB) and ~40 GB of
 disk in FULLSIZE_DIR. Run nothing else heavy beside it.
 
     python bench/fullsize.py --dir build/fullsize --export-python VENV/bin/python3
