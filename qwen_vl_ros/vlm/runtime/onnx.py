@@ -51,6 +51,7 @@ class OnnxSession(Session):
         import onnxruntime as ort
         self.path = paths[min(paths)]
         self._sessions = {}
+        self._paths = {}
         # The OrtValues of shared initializers do not own their bytes: keep the maps alive.
         self._weights = weights = weights if weights is not None else WeightMaps()
         graphs = {group: weights.graph(path) for group, path in paths.items()}
@@ -88,7 +89,8 @@ class OnnxSession(Session):
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ModelDirError(f'onnxruntime cannot load {path}: {e}') from e
             self._sessions[max(group, 0)] = (
-                sess, _specs(sess.get_inputs()), _specs(sess.get_outputs()), path)
+                sess, _specs(sess.get_inputs()), _specs(sess.get_outputs()))
+            self._paths[max(group, 0)] = path
         self._transient = {max(g, 0) for g in self._transient}
         self.groups = tuple(sorted(self._sessions))
 
@@ -108,7 +110,7 @@ class OnnxSession(Session):
             raise RuntimeFailure(f'onnxruntime failed on {self.path} group {group}: {e}') from e
         finally:
             if group in self._transient:
-                self._weights.release(self._sessions[group][3])
+                self._weights.release(self._paths[group])
 
 
 class OnnxRuntime(Runtime):
