@@ -121,10 +121,13 @@ def test_best_effort_losses_are_warned_and_counted(tiny_onnx_dir, tmp_path):
                               timeout=30)
         line = m.group(0)
         assert 'image_reliability: reliable' in line and 'image_transport: compressed' in line
-        if received:
+        # best effort: a frame can still land after the count above, so the branch is taken
+        # on what the node holds when asked
+        r = client.describe()
+        if r.success:
+            assert int(client.counters()['frames_received']) >= 1
             assert '640x480 rgb8, 0.92 MB' in line or 'no frame received yet' in line
         else:   # a request about the newest frame says why there is none
-            r = client.describe()
             assert r.message.startswith('no image') and 'lost by the middleware' in r.message
         from diagnostic_msgs.msg import DiagnosticStatus
         st = [s for arr in client.diagnostics for s in client.own_statuses(arr)]
